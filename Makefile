@@ -1,0 +1,47 @@
+# erofs-blockd: build, test, demo, benchmarks.
+# Everything a target needs is installed by scripts/deps.sh (Debian packages)
+# and scripts/vm/kernel.sh (the guest kernel for /dev/nbd0 tests).
+SHELL := /bin/bash
+export PATH := /usr/local/go/bin:$(PATH)
+GO ?= go
+BIN := bin/erofs-blockd
+FUZZTIME ?= 30s
+
+.PHONY: all build static deps vm-deps test test-short vet demo fuzz bench clean
+
+all: build
+
+build:
+	$(GO) build -trimpath -o $(BIN) ./cmd/erofs-blockd
+
+# A static binary for the QEMU guest tests.
+static:
+	CGO_ENABLED=0 $(GO) build -trimpath -o bin/erofs-blockd.static ./cmd/erofs-blockd
+
+deps:
+	bash scripts/deps.sh --all
+
+vm-deps: deps
+	bash scripts/vm/kernel.sh
+
+vet:
+	@test -z "$$(gofmt -l $$(git ls-files '*.go'))" || { gofmt -l $$(git ls-files '*.go'); echo "gofmt needed"; exit 1; }
+	$(GO) vet ./...
+
+# The full suite: unit tests, fuzz seeds, host e2e (nbdfuse + loop + kernel
+# EROFS), interop with nbdinfo/nbdcopy/qemu-img, and QEMU guest e2e.
+test: vm-deps build static vet
+	$(GO) test -count=1 -timeout 60m -p 2 ./...
+
+# Without the QEMU guest tests.
+test-short: deps build vet
+	EROFS_BLOCKD_SKIP_VM=1 $(GO) test -count=1 -timeout 30m ./...
+
+demo: deps build
+	bash scripts/demo.sh
+
+fuzz:
+	bash scripts/fuzz.sh $(FUZZTIME)
+
+clean:
+	rm -rf bin
