@@ -1,0 +1,202 @@
+package main
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"net"
+	"os"
+	"os/signal"
+	"strings"
+	"sync"
+	"syscall"
+	"time"
+
+	"github.com/erofs-blockd/erofs-blockd/nbd"
+	"github.com/erofs-blockd/erofs-blockd/nbd/kernel"
+)
+
+func runServe(args []string, stdout, stderr io.Writer) int {
+	fs := newFlags("serve", "[flags] [IMAGE] [/dev/nbdX]", stderr)
+	var img imageFlags
+	var cf composeFlags
+	img.register(fs)
+	cf.register(fs)
+	listens := fs.StringArray("listen", nil, "serve NBD on `ADDR`: unix:PATH or tcp:HOST:PORT (repeatable)")
+	name := fs.String("name", "", "export name (clients may also use the empty default name)")
+	check := fs.String("check", "quick", "image check before serving: quick (superblock, device table, root directory), full (the whole verify walk), off")
+	conns := fs.Int("connections", 0, "kernel sockets for /dev/nbdX (default: number of CPUs, at most 16)")
+	blockSize := fs.Uint32("block-size", 0, "logical block size for /dev/nbdX (default: the image's block size)")
+	timeout := fs.Duration("timeout", 30*time.Second, "kernel request timeout for /dev/nbdX")
+	deadConn := fs.Duration("dead-conn-timeout", 0, "how long the kernel waits for a dead connection to be replaced (0: kernel default)")
+	backendID := fs.String("backend-id", "", "backend identifier recorded with /dev/nbdX (default: derived from the image)")
+	maxConns := fs.Int("max-connections", 1024, "maximum concurrent NBD client connections")
+	maxInFlight := fs.Int("max-inflight", 64, "maximum requests served concurrently per connection")
+	maxRequest := fs.String("max-request", "32M", "maximum request size")
+	logLevel := fs.String("log-level", "info", "debug, info, warn or error")
+	if code, ok := parse(fs, args); !ok {
+		return code
+	}
+	log := newLogger(stderr, *logLevel)
+	var device string
+	var pos []string
+	for _, a := range fs.Args() {
+		if strings.HasPrefix(a, "/dev/nbd") {
+			if device != "" {
+				fmt.Fprintf(stderr, "erofs-blockd serve: more than one device (%s, %s)\n", device, a)
+				return exitUnusable
+			}
+			device = a
+			continue
+		}
+		pos = append(pos, a)
+	}
+	paths, err := img.resolve(pos)
+	if err != nil {
+		fmt.Fprintln(stderr, "erofs-blockd serve:", err)
+		return exitUnusable
+	}
+	if len(*listens) == 0 && device == "" {
+		fmt.Fprintln(stderr, "erofs-blockd serve: nothing to serve on: give --listen unix:PATH / tcp:HOST:PORT and/or a /dev/nbdX device")
+		return exitUnusable
+	}
+	maxReq, err := parseSize(*maxRequest)
+	if err != nil || maxReq < 4096 || maxReq > 1<<30 {
+		fmt.Fprintf(stderr, "erofs-blockd serve: --max-request %q: want 4K..1G\n", *maxRequest)
+		return exitUnusable
+	}
+	dev, files, err := compose(paths, cf, stderr)
+	if err != nil {
+		fmt.Fprintln(stderr, "erofs-blockd serve:", err)
+		return exitUnusable
+	}
+	defer files.Close()
+	if err := checkImage(dev, *check); err != nil {
+		fmt.Fprintln(stderr, "erofs-blockd serve:", err)
+		return exitUnusable
+	}
+
+	srv := nbd.NewServer(nbd.Config{
+		MaxRequest:     uint32(maxReq),
+		MaxInFlight:    *maxInFlight,
+		MaxConnections: *maxConns,
+		Logger:         log,
+	})
+	desc := fmt.Sprintf("erofs-blockd: %s", strings.Join(paths, " + "))
+	if err := srv.AddExport(nbd.Export{Name: *name, Description: desc, Device: dev}); err != nil {
+		fmt.Fprintln(stderr, "erofs-blockd serve:", err)
+		return exitUnusable
+	}
+
+	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
+	defer stop()
+
+	var wg sync.WaitGroup
+	var listeners []net.Listener
+	serveErr := make(chan error, len(*listens)+1)
+	for _, spec := range *listens {
+		l, uri, err := nbd.Listen(spec)
+		if err != nil {
+			fmt.Fprintln(stderr, "erofs-blockd serve:", err)
+			for _, l := range listeners {
+				l.Close()
+			}
+			return exitUnusable
+		}
+		if *name != "" {
+			uri = withExportName(uri, *name)
+		}
+		listeners = append(listeners, l)
+		fmt.Fprintf(stdout, "serving %s (%d bytes)\n", uri, dev.Size())
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			if err := srv.Serve(l); err != nil && !errors.Is(err, net.ErrClosed) {
+				serveErr <- err
+			}
+		}()
+	}
+
+	var kdev *kernel.Device
+	if device != "" {
+		idx, err := kernel.ParseDevicePath(device)
+		if err != nil {
+			fmt.Fprintln(stderr, "erofs-blockd serve:", err)
+			return exitUnusable
+		}
+		bsz := *blockSize
+		if bsz == 0 {
+			bsz = uint32(dev.Superblock().BlockSize())
+		}
+		n := *conns
+		if n <= 0 {
+			n = min(max(1, numCPU()), 16)
+		}
+		id := *backendID
+		if id == "" {
+			id = "erofs-blockd:" + paths[0]
+		}
+		kdev, err = kernel.Attach(ctx, kernel.Config{
+			Index: idx, Size: dev.Size(), BlockSize: bsz, Connections: n,
+			Timeout: *timeout, DeadConnTimeout: *deadConn, BackendID: id, ReadOnly: true, Logger: log,
+		}, func(c net.Conn) {
+			if err := srv.ServeTransmission(ctx, c, *name); err != nil && ctx.Err() == nil {
+				log.Warn("kernel connection ended", "err", err)
+			}
+		})
+		if err != nil {
+			fmt.Fprintf(stderr, "erofs-blockd serve: attach %s: %v\n", device, err)
+			shutdown(srv, listeners, nil, log)
+			return exitUnusable
+		}
+		fmt.Fprintf(stdout, "attached %s (%d bytes, %d connections, read-only)\n", kdev.Path(), dev.Size(), n)
+	}
+
+	code := exitOK
+	select {
+	case <-ctx.Done():
+		log.Info("signal received, shutting down")
+	case err := <-serveErr:
+		log.Error("serve failed", "err", err)
+		code = exitUnusable
+	}
+	stop()
+	if err := shutdown(srv, listeners, kdev, log); err != nil {
+		code = exitUnusable
+	}
+	wg.Wait()
+	return code
+}
+
+// shutdown detaches the kernel device, stops listening and lets in-flight
+// replies finish (bounded by 5 s).
+func shutdown(srv *nbd.Server, listeners []net.Listener, kdev *kernel.Device, log interface {
+	Error(string, ...any)
+}) error {
+	var firstErr error
+	if kdev != nil {
+		if err := kdev.Detach(); err != nil {
+			log.Error("detach", "device", kdev.Path(), "err", err)
+			firstErr = err
+		}
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+	defer cancel()
+	if err := srv.Shutdown(ctx); err != nil && firstErr == nil {
+		log.Error("shutdown", "err", err)
+		firstErr = err
+	}
+	for _, l := range listeners {
+		l.Close()
+	}
+	return firstErr
+}
+
+func withExportName(uri, name string) string {
+	// nbd+unix:///?socket=... -> nbd+unix:///NAME?socket=...; nbd://h:p -> nbd://h:p/NAME
+	if i := strings.Index(uri, ":///"); i >= 0 {
+		return uri[:i+4] + name + uri[i+4:]
+	}
+	return uri + "/" + name
+}
