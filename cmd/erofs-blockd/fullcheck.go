@@ -1,12 +1,32 @@
 package main
 
 import (
+	"fmt"
+	"strings"
+
 	"github.com/erofs-blockd/erofs-blockd/erofs"
 	"github.com/erofs-blockd/erofs-blockd/flatdev"
+	"github.com/erofs-blockd/erofs-blockd/verify"
 )
 
-// fullCheck runs the verify walk over the composed device; it is wired to
-// package verify once that lands.
+// fullCheck runs the whole verify walk over the composed device, exactly as
+// clients will read it, and refuses to serve an image with problems.
 func fullCheck(dev *flatdev.Device, img *erofs.Image) error {
-	return nil
+	rep, err := verify.Image(img, verify.Options{Flat: true})
+	if err != nil {
+		return fmt.Errorf("%s: full check: %w", dev.Sources()[0].Name, err)
+	}
+	if rep.OK() {
+		return nil
+	}
+	var b strings.Builder
+	fmt.Fprintf(&b, "%s: full check found %d problem(s); run `erofs-blockd verify` for all of them:", dev.Sources()[0].Name, len(rep.Problems))
+	for i, p := range rep.Problems {
+		if i == 5 {
+			fmt.Fprintf(&b, "\n  ...")
+			break
+		}
+		fmt.Fprintf(&b, "\n  %s", p)
+	}
+	return fmt.Errorf("%s", b.String())
 }
