@@ -1,0 +1,158 @@
+package nbd
+
+import (
+	"bufio"
+	"net"
+	"sync"
+	"time"
+
+	"github.com/erofs-blockd/erofs-blockd/blockdev"
+)
+
+// conn is the state of one client connection, from handshake to close.
+type conn struct {
+	srv    *Server
+	raw    net.Conn // the accepted connection
+	nc     net.Conn // raw, or the TLS connection over it
+	br     *bufio.Reader
+	remote string
+
+	dmu       sync.Mutex // guards the fields below and deadline changes
+	stopping  bool
+	stopCause error
+	inTrans   bool
+
+	// handshake state
+	noZeroes bool
+	obuf     []byte
+	optbuf   []byte
+
+	// negotiated transmission state (read-only once transmission starts)
+	exp        *Export
+	dev        blockdev.Device
+	mapper     blockdev.Mapper
+	prefetcher blockdev.Prefetcher
+	devSize    int64 // Device.Size()
+	size       int64 // readable range (devSize, or KernelSize on the kernel path)
+	structured bool
+	metaAlloc  bool
+	flags      uint16
+
+	// transmission machinery
+	hdr      [requestHdrLen]byte
+	scratch  [replyScratch]byte // reader-owned reply buffer for inline replies
+	work     chan request
+	nworkers int
+	wg       sync.WaitGroup
+
+	wmu  sync.Mutex
+	werr error
+
+	lingerAfterReply bool // drain input before closing (see linger)
+
+	// READ buffers in flight are bounded by bytes as well as by count, so
+	// MaxInFlight large reads cannot pin MaxInFlight*MaxRequest of memory.
+	budgetMu   sync.Mutex
+	budgetCond sync.Cond
+	inflight   int64
+	budget     int64
+}
+
+// acquire reserves n bytes of read buffer, waiting while other requests
+// hold the budget. One request may always proceed alone.
+func (c *conn) acquire(n int64) {
+	c.budgetMu.Lock()
+	for c.inflight > 0 && c.inflight+n > c.budget {
+		c.budgetCond.Wait()
+	}
+	c.inflight += n
+	c.budgetMu.Unlock()
+}
+
+func (c *conn) release(n int64) {
+	if n == 0 {
+		return
+	}
+	c.budgetMu.Lock()
+	c.inflight -= n
+	c.budgetMu.Unlock()
+	c.budgetCond.Signal()
+}
+
+// readCost is the buffer budget a request takes while in flight.
+func (c *conn) readCost(r request) int64 {
+	if r.typ != CmdRead || r.length > c.srv.cfg.MaxRequest {
+		return 0
+	}
+	return int64(r.length)
+}
+
+// replyScratch holds a structured error chunk with a short message.
+const replyScratch = structHdrLen + 6 + 100
+
+// stop interrupts the connection for Shutdown (cause nil) or a cancelled
+// context: reading stops, in-flight replies are still sent.
+func (c *conn) stop(cause error) {
+	c.dmu.Lock()
+	defer c.dmu.Unlock()
+	if !c.stopping {
+		c.stopping = true
+		c.stopCause = cause
+	}
+	now := time.Now()
+	if c.inTrans {
+		c.raw.SetReadDeadline(now)
+	} else {
+		c.raw.SetDeadline(now)
+	}
+}
+
+func (c *conn) stopped() bool {
+	c.dmu.Lock()
+	defer c.dmu.Unlock()
+	return c.stopping
+}
+
+func (c *conn) stopErr() error {
+	c.dmu.Lock()
+	defer c.dmu.Unlock()
+	return c.stopCause
+}
+
+func (c *conn) startHandshakeDeadline() {
+	c.dmu.Lock()
+	defer c.dmu.Unlock()
+	if c.stopping {
+		c.raw.SetDeadline(time.Now())
+		return
+	}
+	c.raw.SetDeadline(time.Now().Add(c.srv.cfg.HandshakeTimeout))
+}
+
+func (c *conn) enterTransmission() {
+	c.dmu.Lock()
+	defer c.dmu.Unlock()
+	c.inTrans = true
+	c.raw.SetDeadline(time.Time{})
+	if c.stopping {
+		c.raw.SetReadDeadline(time.Now())
+	}
+}
+
+func (c *conn) setupTransmission(e *Export, structured, meta, kernel bool) {
+	c.exp = e
+	c.dev = e.Device
+	c.mapper, _ = e.Device.(blockdev.Mapper)
+	c.prefetcher, _ = e.Device.(blockdev.Prefetcher)
+	c.devSize = e.Device.Size()
+	c.size = c.devSize
+	if kernel {
+		c.size = KernelSize(c.devSize)
+	}
+	c.structured = structured
+	c.metaAlloc = structured && meta
+	c.flags = TransmissionFlags
+	if structured {
+		c.flags |= FlagSendDF
+	}
+}

@@ -1,0 +1,71 @@
+// Package nbd serves read-only block devices (blockdev.Device) over the
+// Network Block Device protocol: the fixed newstyle handshake, the
+// transmission phase with simple and structured replies, base:allocation
+// block status, and STARTTLS. Attaching /dev/nbdX is done elsewhere
+// (package nbd/kernel), which hands connected sockets to ServeTransmission.
+//
+// API:
+//
+//	type Export struct { Name, Description string; Device blockdev.Device }
+//	type Config struct { MaxRequest uint32; MaxInFlight int; HandshakeTimeout time.Duration;
+//	                     MaxConnections int; TLS *tls.Config; TLSRequire bool;
+//	                     Logger *slog.Logger; Observer Observer }
+//	func NewServer(cfg Config) *Server
+//	func (s *Server) AddExport(e Export) error       // first export is the default ("")
+//	func (s *Server) Serve(l net.Listener) error       // until Shutdown: ErrServerClosed
+//	func (s *Server) ServeConn(ctx context.Context, c net.Conn) error
+//	func (s *Server) ServeTransmission(ctx context.Context, c net.Conn, export string) error
+//	func (s *Server) Shutdown(ctx context.Context) error
+//	func Listen(spec string) (net.Listener, string, error) // "unix:/path" | "tcp:host:port"
+//
+//	type Observer interface { ConnOpen(remote string); ConnClose(remote string, err error);
+//	                          RequestStart(export string, cmd Command, length uint32);
+//	                          RequestDone(RequestInfo) }
+//	type RequestInfo struct { Export string; Command Command; Offset uint64; Length uint32;
+//	                          Errno uint32; Duration time.Duration }
+//	type Command uint16 // CmdRead, CmdWrite, ... with String()
+//	var ErrServerClosed // returned by Serve after Shutdown
+//
+// For the kernel attach path (package nbd/kernel):
+//
+//	const TransmissionFlags = FlagHasFlags|FlagReadOnly|FlagSendFlush|FlagCanMultiConn|FlagSendCache
+//	const KernelBlockSize = 4096
+//	func KernelSize(size int64) int64 // size rounded up to KernelBlockSize
+//
+// ServeTransmission accepts reads up to KernelSize(Device.Size()) and
+// serves the rounded tail as zeros, so the kernel may be given that size.
+// It returns nil when the kernel sends NBD_CMD_DISC or closes the socket.
+//
+// Handshake. The server offers FIXED_NEWSTYLE|NO_ZEROES and supports
+// NBD_OPT_EXPORT_NAME, LIST, ABORT, INFO, GO (NBD_INFO_EXPORT, NAME,
+// DESCRIPTION, BLOCK_SIZE = 1 / 4096 / MaxRequest), STRUCTURED_REPLY,
+// LIST_META_CONTEXT and SET_META_CONTEXT (base:allocation only) and, when
+// Config.TLS is set, STARTTLS (with TLSRequire every other option except
+// ABORT gets NBD_REP_ERR_TLS_REQD). Unknown options get NBD_REP_ERR_UNSUP.
+// Option data above 64 KiB is refused before anything is allocated, and the
+// whole option phase runs under Config.HandshakeTimeout.
+//
+// Errors. ServeConn and ServeTransmission return nil for a clean end
+// (NBD_CMD_DISC, NBD_OPT_ABORT, the peer closing between requests, or
+// Shutdown; ErrServerClosed if called after it), ctx.Err() when ctx is cancelled, and a descriptive error for
+// protocol violations (bad magic, oversized option or WRITE payload,
+// unknown export in NBD_OPT_EXPORT_NAME, handshake timeout). Replies use
+// the NBD error values EPERM, EIO, EINVAL (exported as constants).
+//
+// Transmission. Exports are read-only: flags HAS_FLAGS|READ_ONLY|SEND_FLUSH|
+// CAN_MULTI_CONN|SEND_CACHE, plus SEND_DF with structured replies. One
+// goroutine per connection decodes requests; READ, CACHE and BLOCK_STATUS
+// run on up to MaxInFlight workers (holding at most max(64 MiB, 2*MaxRequest)
+// of READ buffers per connection), so replies can leave out of order, but
+// each reply is one complete write under a lock. A READ is read entirely
+// from the device into a pooled buffer first, so a device error becomes an
+// EIO reply and the connection survives; bad ranges get EINVAL. WRITE
+// (payload skipped), TRIM and WRITE_ZEROES get EPERM; FLUSH succeeds; CACHE
+// calls blockdev.Prefetcher when the device has it; unknown commands get
+// EINVAL. NBD_CMD_DISC and Shutdown finish in-flight requests before closing.
+//
+// Query syntax for metadata contexts: "base:allocation" selects the only
+// context; "base:" lists it. Holes reported by blockdev.Mapper are
+// NBD_STATE_HOLE|NBD_STATE_ZERO; everything else (or every byte when the
+// device has no Mapper) is reported as data.
+package nbd

@@ -1,0 +1,376 @@
+package nbd
+
+import (
+	"bufio"
+	"encoding/binary"
+	"errors"
+	"fmt"
+	"io"
+	"time"
+)
+
+// transmit runs the transmission phase: this goroutine decodes requests,
+// answers cheap ones inline and hands READ, CACHE and BLOCK_STATUS to up to
+// MaxInFlight workers. Replies go out whole, one write each, under wmu.
+func (c *conn) transmit() error {
+	c.enterTransmission()
+	if c.br == nil {
+		c.br = bufio.NewReaderSize(c.nc, 64<<10)
+	}
+	c.work = make(chan request)
+	c.budgetCond.L = &c.budgetMu
+	c.budget = max(readBudget, 2*int64(c.srv.cfg.MaxRequest))
+	err := c.readLoop()
+	close(c.work)
+	c.wg.Wait() // finish in-flight requests before closing
+	if c.lingerAfterReply {
+		c.linger()
+	}
+	if cerr := c.nc.Close(); cerr != nil && err == nil && c.werr == nil && !c.stopped() {
+		c.srv.log.Debug("nbd: close", "remote", c.remote, "err", cerr)
+	}
+	if err == nil && c.werr != nil {
+		err = fmt.Errorf("nbd: send reply: %w", c.werr)
+	}
+	return err
+}
+
+func (c *conn) readLoop() error {
+	maxReq := c.srv.cfg.MaxRequest
+	for {
+		if _, err := io.ReadFull(c.br, c.hdr[:]); err != nil {
+			if c.stopped() {
+				return c.stopErr()
+			}
+			if errors.Is(err, io.EOF) {
+				return nil // client hung up between requests
+			}
+			return fmt.Errorf("nbd: read request: %w", err)
+		}
+		r, ok := decodeRequest(&c.hdr)
+		if !ok {
+			return fmt.Errorf("nbd: bad request magic %#x", binary.BigEndian.Uint32(c.hdr[:4]))
+		}
+		switch r.typ {
+		case CmdRead, CmdBlockStatus, CmdCache:
+			c.acquire(c.readCost(r))
+			c.dispatch(r)
+		case CmdDisc:
+			return nil
+		case CmdWrite:
+			if r.length > maxReq {
+				// We will not buffer or skip an oversized payload: answer,
+				// then hang up once in-flight requests are done.
+				c.inline(r, EPERM, "read-only export")
+				c.lingerAfterReply = true
+				return fmt.Errorf("nbd: write payload %d exceeds maximum %d", r.length, maxReq)
+			}
+			if _, err := c.br.Discard(int(r.length)); err != nil {
+				return fmt.Errorf("nbd: skip write payload: %w", err)
+			}
+			c.inline(r, EPERM, "read-only export")
+		case CmdTrim, CmdWriteZeroes:
+			c.inline(r, EPERM, "read-only export")
+		case CmdFlush:
+			if r.flags&^cmdFlagsKnown != 0 {
+				c.inline(r, EINVAL, "unknown command flags")
+				break
+			}
+			c.inline(r, 0, "")
+		default:
+			c.inline(r, EINVAL, "unknown command")
+		}
+		if c.writeFailed() {
+			return nil // transmit reports werr
+		}
+	}
+}
+
+func (c *conn) writeFailed() bool {
+	c.wmu.Lock()
+	defer c.wmu.Unlock()
+	return c.werr != nil
+}
+
+// inline answers a request from the reader goroutine.
+func (c *conn) inline(r request, errno uint32, msg string) {
+	obs := c.srv.cfg.Observer
+	var t0 time.Time
+	if obs != nil {
+		obs.RequestStart(c.exp.Name, r.typ, r.length)
+		t0 = time.Now()
+	}
+	c.replyStatus(c.scratch[:], r, errno, msg)
+	if obs != nil {
+		obs.RequestDone(RequestInfo{Export: c.exp.Name, Command: r.typ, Offset: r.offset,
+			Length: r.length, Errno: errno, Duration: time.Since(t0)})
+	}
+}
+
+// dispatch hands r to an idle worker, starts a worker if fewer than
+// MaxInFlight exist, or waits for one to become free.
+func (c *conn) dispatch(r request) {
+	select {
+	case c.work <- r:
+		return
+	default:
+	}
+	if c.nworkers < c.srv.cfg.MaxInFlight {
+		c.nworkers++
+		c.wg.Add(1)
+		w := &worker{c: c}
+		go w.run(r)
+		return
+	}
+	c.work <- r
+}
+
+// send writes one complete reply. After the first write error every later
+// reply is dropped and the connection is closed so the reader stops.
+func (c *conn) send(b []byte) {
+	c.wmu.Lock()
+	if c.werr == nil {
+		if _, err := c.nc.Write(b); err != nil {
+			c.werr = err
+			c.raw.Close()
+		}
+	}
+	c.wmu.Unlock()
+}
+
+// replyStatus sends a reply without payload: a simple reply, or with
+// structured replies an error chunk for failures.
+func (c *conn) replyStatus(buf []byte, r request, errno uint32, msg string) {
+	if errno == 0 || !c.structured {
+		putSimpleReply(buf, errno, r.cookie)
+		c.send(buf[:simpleHdrLen])
+		return
+	}
+	if len(msg) > len(buf)-structHdrLen-6 {
+		msg = msg[:len(buf)-structHdrLen-6]
+	}
+	putChunkHeader(buf, replyFlagDone, replyTypeError, r.cookie, uint32(6+len(msg)))
+	binary.BigEndian.PutUint32(buf[20:24], errno)
+	binary.BigEndian.PutUint16(buf[24:26], uint16(len(msg)))
+	n := copy(buf[26:], msg)
+	c.send(buf[:26+n])
+}
+
+// checkRange validates offset and length against the readable range.
+func (c *conn) checkRange(r request) (uint32, string) {
+	if r.flags&^cmdFlagsKnown != 0 {
+		return EINVAL, "unknown command flags"
+	}
+	if r.length == 0 {
+		return EINVAL, "zero length"
+	}
+	if r.offset > uint64(c.size) || uint64(r.length) > uint64(c.size)-r.offset {
+		return EINVAL, "range beyond end of export"
+	}
+	return 0, ""
+}
+
+// worker serves requests handed over by the reader.
+type worker struct {
+	c       *conn
+	scratch [replyScratch]byte
+	bs      []byte // block status reply buffer
+}
+
+func (w *worker) run(first request) {
+	defer w.c.wg.Done()
+	w.handle(first)
+	for r := range w.c.work {
+		w.handle(r)
+	}
+}
+
+func (w *worker) handle(r request) {
+	c := w.c
+	obs := c.srv.cfg.Observer
+	var t0 time.Time
+	if obs != nil {
+		obs.RequestStart(c.exp.Name, r.typ, r.length)
+		t0 = time.Now()
+	}
+	var errno uint32
+	defer func() {
+		c.release(c.readCost(r))
+		// A panicking device must not take the whole server down.
+		if p := recover(); p != nil {
+			c.srv.log.Error("nbd: panic serving request", "export", c.exp.Name, "command", r.typ.String(), "offset", r.offset, "panic", p)
+			errno = EIO
+			c.replyStatus(w.scratch[:], r, EIO, "internal error")
+			if obs != nil {
+				obs.RequestDone(RequestInfo{Export: c.exp.Name, Command: r.typ, Offset: r.offset,
+					Length: r.length, Errno: errno, Duration: time.Since(t0)})
+			}
+		}
+	}()
+	switch r.typ {
+	case CmdRead:
+		errno = w.read(r)
+	case CmdCache:
+		errno = w.cache(r)
+	case CmdBlockStatus:
+		errno = w.blockStatus(r)
+	}
+	if obs != nil {
+		obs.RequestDone(RequestInfo{Export: c.exp.Name, Command: r.typ, Offset: r.offset,
+			Length: r.length, Errno: errno, Duration: time.Since(t0)})
+	}
+}
+
+// read reads the whole range first and then sends header and data in one
+// write from a pooled buffer that has room for the header in front.
+func (w *worker) read(r request) uint32 {
+	c := w.c
+	if errno, msg := c.checkRange(r); errno != 0 {
+		c.replyStatus(w.scratch[:], r, errno, msg)
+		return errno
+	}
+	if r.length > c.srv.cfg.MaxRequest {
+		c.replyStatus(w.scratch[:], r, EINVAL, "read larger than maximum payload")
+		return EINVAL
+	}
+	n := int(r.length)
+	bp := c.srv.bufs.get(n)
+	buf := *bp
+	data := buf[readHeadroom : readHeadroom+n]
+	if err := c.readAt(data, int64(r.offset)); err != nil {
+		c.srv.bufs.put(bp)
+		c.srv.log.Warn("nbd: backend read failed", "export", c.exp.Name, "offset", r.offset, "length", r.length, "err", err)
+		c.replyStatus(w.scratch[:], r, EIO, "backend read error")
+		return EIO
+	}
+	var out []byte
+	if c.structured {
+		out = buf[readHeadroom-structHdrLen-8 : readHeadroom+n]
+		putChunkHeader(out, replyFlagDone, replyTypeData, r.cookie, uint32(8+n))
+		binary.BigEndian.PutUint64(out[structHdrLen:], r.offset)
+	} else {
+		out = buf[readHeadroom-simpleHdrLen : readHeadroom+n]
+		putSimpleReply(out, 0, r.cookie)
+	}
+	c.send(out)
+	c.srv.bufs.put(bp)
+	return 0
+}
+
+// readAt fills data from the device at off; bytes past the device size
+// (the kernel path's rounded tail) read as zeros.
+func (c *conn) readAt(data []byte, off int64) error {
+	if avail := c.devSize - off; avail < int64(len(data)) {
+		avail = max(avail, 0)
+		clear(data[avail:])
+		data = data[:avail]
+	}
+	if len(data) == 0 {
+		return nil
+	}
+	n, err := c.dev.ReadAt(data, off)
+	if n == len(data) {
+		return nil // io.EOF exactly at the end is fine
+	}
+	if err == nil {
+		err = io.ErrUnexpectedEOF
+	}
+	return err
+}
+
+func (w *worker) cache(r request) uint32 {
+	c := w.c
+	errno, msg := c.checkRange(r)
+	if errno == 0 && c.prefetcher != nil {
+		off := int64(r.offset)
+		n := min(int64(r.length), c.devSize-off)
+		if n > 0 {
+			if err := c.prefetcher.Prefetch(off, n); err != nil {
+				c.srv.log.Warn("nbd: prefetch failed", "export", c.exp.Name, "offset", off, "length", n, "err", err)
+				errno, msg = EIO, "prefetch failed"
+			}
+		}
+	}
+	c.replyStatus(w.scratch[:], r, errno, msg)
+	return errno
+}
+
+// blockStatus answers base:allocation: holes are HOLE|ZERO, the rest data.
+func (w *worker) blockStatus(r request) uint32 {
+	c := w.c
+	if !c.metaAlloc {
+		c.replyStatus(w.scratch[:], r, EINVAL, "no metadata context negotiated")
+		return EINVAL
+	}
+	if errno, msg := c.checkRange(r); errno != 0 {
+		c.replyStatus(w.scratch[:], r, errno, msg)
+		return errno
+	}
+	off, end := int64(r.offset), int64(r.offset)+int64(r.length)
+	b := append(w.bs[:0], make([]byte, structHdrLen+4)...)
+	ndesc := 0
+	var lastStatus uint32
+	add := func(length int64, status uint32) {
+		if ndesc > 0 && status == lastStatus {
+			p := len(b) - 8
+			binary.BigEndian.PutUint32(b[p:], binary.BigEndian.Uint32(b[p:])+uint32(length))
+			return
+		}
+		b = binary.BigEndian.AppendUint32(b, uint32(length))
+		b = binary.BigEndian.AppendUint32(b, status)
+		ndesc++
+		lastStatus = status
+	}
+	pos := off
+	if c.mapper != nil {
+		exts, err := c.mapper.Extents(off, int64(r.length))
+		if err != nil {
+			c.srv.log.Warn("nbd: extent lookup failed", "export", c.exp.Name, "offset", off, "err", err)
+			c.replyStatus(w.scratch[:], r, EIO, "extent lookup failed")
+			return EIO
+		}
+		for _, e := range exts {
+			if pos >= end || ndesc >= maxDescriptors {
+				break
+			}
+			eEnd := e.Offset + e.Length
+			if e.Length <= 0 || eEnd <= pos || e.Offset > pos {
+				if e.Offset > pos {
+					break // gap in the mapper's answer: stop here
+				}
+				continue
+			}
+			status := uint32(0)
+			if e.Hole {
+				status = stateHole | stateZero
+			}
+			if r.flags&cmdFlagReqOne != 0 && ndesc == 1 && status != lastStatus {
+				break // REQ_ONE: one descriptor only
+			}
+			add(min(eEnd, end)-pos, status)
+			pos = min(eEnd, end)
+		}
+	}
+	if ndesc == 0 {
+		add(end-pos, 0) // unknown: report data
+	}
+	putChunkHeader(b, replyFlagDone, replyTypeBS, r.cookie, uint32(len(b)-structHdrLen))
+	binary.BigEndian.PutUint32(b[structHdrLen:], metaAllocID)
+	c.send(b)
+	if cap(b) <= 64<<10 {
+		w.bs = b[:0]
+	}
+	return 0
+}
+
+// linger half-closes the connection and briefly drains what the client
+// still sends, so that over TCP the last reply is not destroyed by a reset
+// when the server hangs up on unread input (an oversized WRITE payload).
+func (c *conn) linger() {
+	cw, ok := c.nc.(interface{ CloseWrite() error })
+	if !ok || cw.CloseWrite() != nil {
+		return
+	}
+	c.raw.SetReadDeadline(time.Now().Add(time.Second))
+	io.CopyN(io.Discard, c.br, 4<<20)
+}
