@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"crypto/sha256"
 	"errors"
+	"fmt"
 	"io"
 	"os"
 	"os/exec"
@@ -38,6 +39,10 @@ func sources(t *testing.T, paths ...string) []flatdev.Source {
 
 // blobImage builds a Debian-1.5-style --blobdev image of a fresh tree.
 func blobImage(t *testing.T) (dir, tree, primary, blob string) {
+	return blobImageChunk(t, 4096)
+}
+
+func blobImageChunk(t *testing.T, chunk int) (dir, tree, primary, blob string) {
 	t.Helper()
 	dir = t.TempDir()
 	tree = filepath.Join(dir, "tree")
@@ -45,7 +50,7 @@ func blobImage(t *testing.T) (dir, tree, primary, blob string) {
 	o := testtree.Full(3)
 	testtree.Build(t, tree, o)
 	primary, blob = filepath.Join(dir, "p.erofs"), filepath.Join(dir, "data.blob")
-	testtree.Mkfs(t, primary, tree, "--blobdev="+blob, "--chunksize=4096")
+	testtree.Mkfs(t, primary, tree, "--blobdev="+blob, fmt.Sprintf("--chunksize=%d", chunk))
 	return
 }
 
@@ -107,7 +112,13 @@ func TestDebianZeroSlotMountsFlat(t *testing.T) {
 }
 
 func TestMultiBlobLayoutsMount(t *testing.T) {
-	dir, tree, primary, blob := blobImage(t)
+	for _, chunk := range []int{4096, 8192, 65536} {
+		t.Run(fmt.Sprint(chunk), func(t *testing.T) { testLayouts(t, chunk) })
+	}
+}
+
+func testLayouts(t *testing.T, chunk int) {
+	dir, tree, primary, blob := blobImageChunk(t, chunk)
 	for _, layout := range []string{multiblob.LayoutZero, multiblob.LayoutContiguous, multiblob.LayoutAligned} {
 		t.Run(layout, func(t *testing.T) {
 			res, err := multiblob.Split(primary, blob, filepath.Join(dir, layout), multiblob.Options{N: 3, Layout: layout})

@@ -10,9 +10,10 @@ import (
 )
 
 // fullCheck runs the whole verify walk over the composed device, exactly as
-// clients will read it, and refuses to serve an image with problems.
-func fullCheck(dev *flatdev.Device, img *erofs.Image) error {
-	rep, err := verify.Image(img, verify.Options{Flat: true})
+// clients will read it, including every file's content, and refuses to serve
+// an image with problems.
+func fullCheck(dev *flatdev.Device, _ *erofs.Image) error {
+	rep, err := verify.Flat(dev, dev.Size(), verify.Options{Content: true})
 	if err != nil {
 		return fmt.Errorf("%s: full check: %w", dev.Sources()[0].Name, err)
 	}

@@ -109,15 +109,28 @@ func Split(primaryPath, blobPath, outDir string, o Options) (*Result, error) {
 	if err != nil {
 		return nil, fmt.Errorf("multiblob: %w", err)
 	}
-	if chunkBlocks == 0 {
-		chunkBlocks = 1
-	}
-	if blobBlocks < int64(o.N)*chunkBlocks {
+	if blobBlocks < int64(o.N) {
 		return nil, fmt.Errorf("multiblob: blob has %d blocks, too few for %d pieces", blobBlocks, o.N)
+	}
+	// Cut points: near k/N of the blob, moved forward to the first block no
+	// chunk straddles (a file's last chunk can be shorter than the chunk size,
+	// so chunk starts are not all multiples of it).
+	inside := map[int64]bool{} // blocks that are not the first block of a chunk
+	for _, e := range entries {
+		for b := e.blk + 1; b < e.blk+e.nblks; b++ {
+			inside[b] = true
+		}
 	}
 	bounds := make([]int64, o.N+1)
 	for k := 1; k < o.N; k++ {
-		bounds[k] = int64(k) * blobBlocks / int64(o.N) / chunkBlocks * chunkBlocks
+		b := max(int64(k)*blobBlocks/int64(o.N), bounds[k-1]+1)
+		for inside[b] {
+			b++
+		}
+		if b >= blobBlocks {
+			return nil, fmt.Errorf("multiblob: cannot cut the blob into %d pieces", o.N)
+		}
+		bounds[k] = b
 	}
 	bounds[o.N] = blobBlocks
 	for _, e := range entries {
