@@ -28,15 +28,15 @@ import (
 // Options selects what Build puts into a tree.
 type Options struct {
 	Seed      int64
-	Files     int   // regular files with random content (default 40)
-	MaxSize   int   // max size of those files (default 200 KiB)
-	BigDir    int   // entries in one big directory (0: none)
-	Xattrs    bool  // user./trusted./security. xattrs incl. long names
-	Specials  bool  // device nodes and fifos (needs root)
-	Hardlinks bool  // a few hard links
-	Sparse4G  bool  // one sparse file over 4 GiB
-	Symlinks  bool  // symlinks, relative, absolute and long
-	Dup       bool  // some files with identical content
+	Files     int  // regular files with random content (default 40)
+	MaxSize   int  // max size of those files (default 200 KiB)
+	BigDir    int  // entries in one big directory (0: none)
+	Xattrs    bool // user./trusted./security. xattrs incl. long names
+	Specials  bool // device nodes and fifos (needs root)
+	Hardlinks bool // a few hard links
+	Sparse4G  bool // one sparse file over 4 GiB
+	Symlinks  bool // symlinks, relative, absolute and long
+	Dup       bool // some files with identical content
 }
 
 // Full returns options enabling everything except the 4 GiB sparse file.
@@ -161,7 +161,7 @@ func BuildErr(dir string, o Options) error {
 		}
 		sets := []struct {
 			p, n string
-			v  []byte
+			v    []byte
 		}{
 			{"empty", "user.comment", []byte("hello")},
 			{"empty", "user.empty", nil},
@@ -250,7 +250,7 @@ type Entry struct {
 	Target string            `json:"target,omitempty"`
 	Rdev   string            `json:"rdev,omitempty"` // "major:minor"
 	SHA256 string            `json:"sha256,omitempty"`
-	Nlink  uint32            `json:"nlink,omitempty"` // regular files only
+	Nlink  uint32            `json:"nlink,omitempty"`  // regular files only
 	Xattrs map[string]string `json:"xattrs,omitempty"` // name -> hex value
 }
 
