@@ -182,7 +182,11 @@ func Decompress(alg Alg, dst, src []byte, o Options) error {
 	case LZ4:
 		// Legacy (non-0padding) pclusters carry trailing garbage, so the
 		// kernel decodes them with LZ4_decompress_safe_partial.
-		err = lz4Block(out, in, o.Partial || !o.ZeroPadding)
+		partial := o.Partial || !o.ZeroPadding
+		if !partial && lz4Fast(out, in) {
+			break
+		}
+		err = lz4Block(out, in, partial)
 	case Deflate:
 		err = inflate(out, in, o.Partial)
 	case Zstd:
