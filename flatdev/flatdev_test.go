@@ -260,7 +260,9 @@ func TestUUIDTagOrder(t *testing.T) {
 
 type failReader struct{ flatdev.Source }
 
-func (f failReader) ReadAt(p []byte, off int64) (int, error) { return 0, errors.New("injected I/O error") }
+func (f failReader) ReadAt(p []byte, off int64) (int, error) {
+	return 0, errors.New("injected I/O error")
+}
 
 func TestReadErrorsAndTruncation(t *testing.T) {
 	_, _, primary, blob := blobImage(t)
