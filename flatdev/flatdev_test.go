@@ -197,6 +197,12 @@ func TestRefusals(t *testing.T) {
 	crc := erofs.SuperblockChecksum(p, sb.BlkSzBits)
 	p[1028], p[1029], p[1030], p[1031] = byte(crc), byte(crc>>8), byte(crc>>16), byte(crc>>24)
 	os.WriteFile(overlap, p, 0o644)
+	outOfRange := filepath.Join(dir, "out-of-range")
+	p[toff+128+0x44], p[toff+128+0x45], p[toff+128+0x46], p[toff+128+0x47] = 0xF0, 0xFF, 0xFF, 0xFF // slot 2 uniaddr near 2^32
+	p[1028], p[1029], p[1030], p[1031] = 0, 0, 0, 0
+	crc = erofs.SuperblockChecksum(p, sb.BlkSzBits)
+	p[1028], p[1029], p[1030], p[1031] = byte(crc), byte(crc>>8), byte(crc>>16), byte(crc>>24)
+	os.WriteFile(outOfRange, p, 0o644)
 
 	cases := []struct {
 		name  string
@@ -209,6 +215,7 @@ func TestRefusals(t *testing.T) {
 		{"not erofs", []string{notErofs}, flatdev.Options{}, "not a usable EROFS primary image"},
 		{"bad crc", []string{badCRC, res.Blobs[0], res.Blobs[1]}, flatdev.Options{}, "checksum"},
 		{"overlap", []string{overlap, res.Blobs[0], res.Blobs[1]}, flatdev.Options{}, "overlap"},
+		{"out of range", []string{outOfRange, res.Blobs[0], res.Blobs[1]}, flatdev.Options{}, "beyond the 32-bit unified address space"},
 		{"digest order", []string{res.Primary, res.Blobs[1], res.Blobs[0]}, flatdev.Options{VerifyDigests: true}, "does not match the slot tag"},
 	}
 	for _, c := range cases {
