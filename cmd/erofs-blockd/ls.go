@@ -1,8 +1,6 @@
 package main
 
 import (
-	"crypto/sha256"
-	"encoding/hex"
 	"encoding/json"
 	"fmt"
 	"io"
@@ -11,24 +9,6 @@ import (
 
 	"github.com/erofs-blockd/erofs-blockd/erofs"
 )
-
-// lsEntry has the same JSON shape as internal/testtree.Entry, so a test can
-// compare an image listing with a source tree.
-type lsEntry struct {
-	Path   string            `json:"path"`
-	Type   string            `json:"type"`
-	Mode   uint32            `json:"mode"`
-	UID    uint32            `json:"uid"`
-	GID    uint32            `json:"gid"`
-	Size   int64             `json:"size"`
-	Target string            `json:"target,omitempty"`
-	Rdev   string            `json:"rdev,omitempty"`
-	SHA256 string            `json:"sha256,omitempty"`
-	Nlink  uint32            `json:"nlink,omitempty"`
-	Xattrs map[string]string `json:"xattrs,omitempty"`
-	Nid    uint64            `json:"nid"`
-	Layout string            `json:"layout"`
-}
 
 func runLs(args []string, stdout, stderr io.Writer) int {
 	fs := newFlags("ls", "[flags] [IMAGE] [PATH]", stderr)
@@ -70,11 +50,11 @@ func runLs(args []string, stdout, stderr io.Writer) int {
 		fmt.Fprintf(stderr, "erofs-blockd ls: %s: %v\n", root, err)
 		return exitUnusable
 	}
-	var out []lsEntry
+	var out []erofs.Entry
 	add := func(path string, ino *erofs.Inode) error {
-		e, err := describe(im, path, ino, *withSHA, *withX)
+		e, err := im.Describe(path, ino, erofs.ListOptions{Content: *withSHA, Xattrs: *withX})
 		if err != nil {
-			return fmt.Errorf("%s: %w", path, err)
+			return err
 		}
 		out = append(out, e)
 		return nil
@@ -149,49 +129,4 @@ func listDir(im *erofs.Image, dir string, ino *erofs.Inode, recursive bool, dept
 		}
 	}
 	return nil
-}
-
-func describe(im *erofs.Image, path string, ino *erofs.Inode, withSHA, withX bool) (lsEntry, error) {
-	e := lsEntry{Path: path, Type: ino.TypeName(), Mode: ino.Mode & 0o7777, UID: ino.UID, GID: ino.GID,
-		Nid: ino.Nid, Layout: ino.Layout.String()}
-	switch {
-	case ino.IsReg():
-		e.Size, e.Nlink = ino.Size, ino.Nlink
-		if withSHA {
-			h := sha256.New()
-			if ino.Size > 0 {
-				f, err := im.OpenFile(ino)
-				if err != nil {
-					return e, err
-				}
-				if _, err := io.Copy(h, io.NewSectionReader(f, 0, ino.Size)); err != nil {
-					return e, err
-				}
-			}
-			e.SHA256 = hex.EncodeToString(h.Sum(nil))
-		}
-	case ino.IsSymlink():
-		t, err := im.Readlink(ino)
-		if err != nil {
-			return e, err
-		}
-		e.Size, e.Target = ino.Size, t
-	case ino.Mode&erofs.S_IFMT == erofs.S_IFCHR || ino.Mode&erofs.S_IFMT == erofs.S_IFBLK:
-		e.Rdev = fmt.Sprintf("%d:%d", ino.Major(), ino.Minor())
-	case ino.IsDir():
-		e.Size = ino.Size
-	}
-	if withX {
-		xs, err := im.Xattrs(ino)
-		if err != nil {
-			return e, err
-		}
-		for _, x := range xs {
-			if e.Xattrs == nil {
-				e.Xattrs = map[string]string{}
-			}
-			e.Xattrs[x.Name] = hex.EncodeToString(x.Value)
-		}
-	}
-	return e, nil
 }
