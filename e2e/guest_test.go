@@ -44,14 +44,16 @@ func TestGuestServeDevNBD(t *testing.T) {
 check() { # $1 = label, rest = serve args
   label=$1; shift
   echo "== $label"
-  erofs-blockd serve --connections 2 "$@" /dev/nbd0 >/tmp/serve.out 2>/tmp/serve.err &
+  out=/tmp/serve-$label.out; err=/tmp/serve-$label.err
+  rm -f "$out" "$err"
+  erofs-blockd serve --connections 2 "$@" /dev/nbd0 >"$out" 2>"$err" &
   pid=$!
-  i=0; while ! grep -q attached /tmp/serve.out 2>/dev/null; do
-    i=$((i+1)); [ $i -gt 300 ] && { echo "not attached"; cat /tmp/serve.err; return 1; }
-    kill -0 $pid 2>/dev/null || { echo "server died"; cat /tmp/serve.err; return 1; }
+  i=0; while ! grep -q attached "$out" 2>/dev/null; do
+    i=$((i+1)); [ $i -gt 600 ] && { echo "not attached"; cat "$err"; return 1; }
+    kill -0 $pid 2>/dev/null || { echo "server died"; cat "$err"; return 1; }
     sleep 0.1
   done
-  cat /tmp/serve.out
+  cat "$out"
   echo "size $(cat /sys/block/nbd0/size) sectors, ro $(cat /sys/block/nbd0/ro)"
   [ "$(cat /sys/block/nbd0/ro)" = 1 ] || { echo "not read-only"; return 1; }
   mkdir -p /mnt && mount -t erofs -o ro /dev/nbd0 /mnt || return 1
@@ -63,7 +65,7 @@ check() { # $1 = label, rest = serve args
   echo "symlinks: $(wc -l < /want.links) targets match"
   umount /mnt || return 1
   kill -TERM $pid; wait $pid; rc=$?
-  echo "server exit status $rc"; cat /tmp/serve.err
+  echo "server exit status $rc"; cat "$err"
   [ $rc = 0 ] || return 1
   [ "$(cat /sys/block/nbd0/size)" = 0 ] || { echo "device size not back to 0"; return 1; }
   echo "detached: size 0"
