@@ -3,7 +3,7 @@
 # Idempotent; safe to run on a fresh Debian 12 machine as root.
 set -euo pipefail
 want=(erofs-utils libnbd-bin fuse3 nbdkit qemu-utils kmod e2fsprogs
-      xxd fio attr bc python3)
+      xxd fio attr bc python3 time)
 if [ "${1:-}" = "--vm" ] || [ "${1:-}" = "--all" ]; then
   want+=(qemu-system-x86 busybox-static cpio xz-utils)
 fi
