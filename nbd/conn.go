@@ -45,8 +45,9 @@ type conn struct {
 	nworkers int
 	wg       sync.WaitGroup
 
-	wmu  sync.Mutex
-	werr error
+	wmu          sync.Mutex
+	werr         error
+	writeTimeout time.Duration // per reply; 0: none (kernel path)
 
 	lingerAfterReply bool // drain input before closing (see linger)
 
@@ -67,12 +68,14 @@ func (c *conn) acquire(n int64) {
 	}
 	c.inflight += n
 	c.budgetMu.Unlock()
+	c.srv.budget.acquire(n)
 }
 
 func (c *conn) release(n int64) {
 	if n == 0 {
 		return
 	}
+	c.srv.budget.release(n)
 	c.budgetMu.Lock()
 	c.inflight -= n
 	c.budgetMu.Unlock()

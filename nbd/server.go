@@ -39,6 +39,15 @@ type Config struct {
 	// MaxConnections bounds concurrent connections accepted by Serve;
 	// extra connections are closed at once. 0 means no limit.
 	MaxConnections int
+	// MaxBufferBytes bounds the READ buffers in flight across all
+	// connections (each connection also has its own bound). Default
+	// 512 MiB, at least 2*MaxRequest.
+	MaxBufferBytes int64
+	// WriteTimeout bounds the writing of one reply on connections accepted
+	// by Serve or ServeConn: a client that stops reading its replies is
+	// disconnected instead of pinning buffers and workers. Default 60s.
+	// The kernel path (ServeTransmission) has no write timeout.
+	WriteTimeout time.Duration
 	// TLS enables NBD_OPT_STARTTLS. With TLSRequire every option other than
 	// STARTTLS and ABORT is refused with NBD_REP_ERR_TLS_REQD until TLS is up.
 	TLS        *tls.Config
@@ -74,6 +83,9 @@ type Server struct {
 	log  *slog.Logger
 	bufs bufPool
 
+	backendLog rateLog // backend errors: one log line per export per interval
+	budget     budget  // READ buffer bytes in flight, server-wide
+
 	mu        sync.Mutex
 	exports   map[string]*Export
 	order     []string
@@ -97,17 +109,26 @@ func NewServer(cfg Config) *Server {
 	if cfg.HandshakeTimeout <= 0 {
 		cfg.HandshakeTimeout = 30 * time.Second
 	}
+	if cfg.MaxBufferBytes <= 0 {
+		cfg.MaxBufferBytes = 512 << 20
+	}
+	cfg.MaxBufferBytes = max(cfg.MaxBufferBytes, 2*int64(cfg.MaxRequest))
+	if cfg.WriteTimeout <= 0 {
+		cfg.WriteTimeout = 60 * time.Second
+	}
 	log := cfg.Logger
 	if log == nil {
 		log = slog.New(slog.DiscardHandler)
 	}
-	return &Server{
+	s := &Server{
 		cfg:       cfg,
 		log:       log,
 		exports:   make(map[string]*Export),
 		listeners: make(map[net.Listener]struct{}),
 		conns:     make(map[*conn]struct{}),
 	}
+	s.budget.init(cfg.MaxBufferBytes)
+	return s
 }
 
 // AddExport adds e. The first export added is also the default export,
@@ -241,6 +262,9 @@ func KernelSize(size int64) int64 {
 
 func (s *Server) serve(ctx context.Context, nc net.Conn, exportName string, kernel bool) (err error) {
 	c := &conn{srv: s, raw: nc, nc: nc, remote: remoteName(nc)}
+	if !kernel {
+		c.writeTimeout = s.cfg.WriteTimeout
+	}
 	s.mu.Lock()
 	if s.closing {
 		s.mu.Unlock()

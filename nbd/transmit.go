@@ -130,6 +130,9 @@ func (c *conn) dispatch(r request) {
 func (c *conn) send(b []byte) {
 	c.wmu.Lock()
 	if c.werr == nil {
+		if c.writeTimeout > 0 {
+			c.raw.SetWriteDeadline(time.Now().Add(c.writeTimeout))
+		}
 		if _, err := c.nc.Write(b); err != nil {
 			c.werr = err
 			c.raw.Close()
@@ -239,7 +242,7 @@ func (w *worker) read(r request) uint32 {
 	data := buf[readHeadroom : readHeadroom+n]
 	if err := c.readAt(data, int64(r.offset)); err != nil {
 		c.srv.bufs.put(bp)
-		c.srv.log.Warn("nbd: backend read failed", "export", c.exp.Name, "offset", r.offset, "length", r.length, "err", err)
+		c.srv.logBackendErr("backend read", c.exp.Name, r.offset, r.length, err)
 		c.replyStatus(w.scratch[:], r, EIO, "backend read error")
 		return EIO
 	}
@@ -286,7 +289,7 @@ func (w *worker) cache(r request) uint32 {
 		n := min(int64(r.length), c.devSize-off)
 		if n > 0 {
 			if err := c.prefetcher.Prefetch(off, n); err != nil {
-				c.srv.log.Warn("nbd: prefetch failed", "export", c.exp.Name, "offset", off, "length", n, "err", err)
+				c.srv.logBackendErr("prefetch", c.exp.Name, r.offset, r.length, err)
 				errno, msg = EIO, "prefetch failed"
 			}
 		}
@@ -325,7 +328,7 @@ func (w *worker) blockStatus(r request) uint32 {
 	if c.mapper != nil {
 		exts, err := c.mapper.Extents(off, int64(r.length))
 		if err != nil {
-			c.srv.log.Warn("nbd: extent lookup failed", "export", c.exp.Name, "offset", off, "err", err)
+			c.srv.logBackendErr("extent lookup", c.exp.Name, r.offset, r.length, err)
 			c.replyStatus(w.scratch[:], r, EIO, "extent lookup failed")
 			return EIO
 		}
