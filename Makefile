@@ -43,5 +43,11 @@ demo: deps build
 fuzz:
 	bash scripts/fuzz.sh $(FUZZTIME)
 
+bench:  # fio + nbdcopy vs nbdkit split/file and qemu-nbd; env knobs in scripts/bench.sh
+	bash scripts/deps.sh && bash scripts/bench.sh
+
+bench-dedup:  # backend bytes / unique bytes for 8 layered images, cache on and off (scripts/bench-dedup.sh)
+	bash scripts/bench-dedup.sh
+
 clean:
 	rm -rf bin

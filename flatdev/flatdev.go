@@ -35,6 +35,11 @@ type Options struct {
 	VerifyDigests bool
 	// Progress, when set, is called while hashing with bytes done and total.
 	Progress func(name string, done, total int64)
+	// OnError, when set, is called for every failed read of an input file
+	// while the device is served (I/O error, or ErrTruncated), with the
+	// file's Source.Name. It must be fast and safe for concurrent use: it is
+	// the hook for error counters and rate-limited logging.
+	OnError func(blob string, err error)
 }
 
 // Device is the composed flat device. It implements blockdev.Device,
@@ -45,6 +50,7 @@ type Device struct {
 	overlay []patch  // sorted, non-overlapping patches of the primary
 	sb      *erofs.Superblock
 	slots   []erofs.DeviceSlot // as rewritten
+	onError func(blob string, err error)
 }
 
 type patch struct {
@@ -115,7 +121,7 @@ func New(primary Source, blobs []Source, opt Options) (*Device, error) {
 	if err != nil {
 		return nil, &Error{File: primary.Name, Msg: "cannot lay out the unified address space", Err: err}
 	}
-	d := &Device{m: m, sb: sb, srcs: append([]Source{primary}, blobs...)}
+	d := &Device{m: m, sb: sb, srcs: append([]Source{primary}, blobs...), onError: opt.OnError}
 	if err := d.buildOverlay(primary); err != nil {
 		return nil, err
 	}
@@ -314,6 +320,9 @@ func (d *Device) readDev(dev int, buf []byte, devOff int64) error {
 		if got < n {
 			if err == nil || err == io.EOF {
 				err = fmt.Errorf("%w: %d bytes at offset %d, got %d", ErrTruncated, n, devOff, got)
+			}
+			if d.onError != nil {
+				d.onError(src.Name, err)
 			}
 			return &Error{File: src.Name, Msg: fmt.Sprintf("read at offset %d", devOff), Err: err}
 		}

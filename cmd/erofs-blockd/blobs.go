@@ -87,6 +87,7 @@ func openSources(paths []string) ([]flatdev.Source, openFiles, error) {
 type composeFlags struct {
 	align         string
 	verifyDigests bool
+	onError       func(blob string, err error) // flatdev.Options.OnError (serve)
 }
 
 func (c *composeFlags) register(fs *pflag.FlagSet) {
@@ -104,7 +105,7 @@ func compose(paths []string, c composeFlags, progress io.Writer) (*flatdev.Devic
 	if err != nil {
 		return nil, nil, err
 	}
-	opt := flatdev.Options{Align: align, VerifyDigests: c.verifyDigests}
+	opt := flatdev.Options{Align: align, VerifyDigests: c.verifyDigests, OnError: c.onError}
 	if progress != nil && isTerminal(progress) {
 		opt.Progress = progressPrinter(progress)
 	}

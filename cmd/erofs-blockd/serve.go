@@ -13,14 +13,17 @@ import (
 	"syscall"
 	"time"
 
+	"github.com/erofs-blockd/erofs-blockd/metrics"
 	"github.com/erofs-blockd/erofs-blockd/nbd"
 	"github.com/erofs-blockd/erofs-blockd/nbd/kernel"
 )
 
 func runServe(args []string, stdout, stderr io.Writer) int {
-	fs := newFlags("serve", "[flags] [IMAGE] [/dev/nbdX]", stderr)
+	fs := newFlags("serve", "[flags] [IMAGE] [/dev/nbdX] [/dev/ublkbN]", stderr)
 	var img imageFlags
 	var cf composeFlags
+	var sec securityFlags
+	var ef exportFlags
 	img.register(fs)
 	cf.register(fs)
 	listens := fs.StringArray("listen", nil, "serve NBD on `ADDR`: unix:PATH or tcp:HOST:PORT (repeatable)")
@@ -35,6 +38,9 @@ func runServe(args []string, stdout, stderr io.Writer) int {
 	maxInFlight := fs.Int("max-inflight", 64, "maximum requests served concurrently per connection")
 	maxRequest := fs.String("max-request", "32M", "maximum request size")
 	logLevel := fs.String("log-level", "info", "debug, info, warn or error")
+	sec.register(fs)
+	ef.register(fs)
+	uf := registerUblkFlags(fs)
 	if code, ok := parse(fs, args); !ok {
 		return code
 	}
@@ -42,6 +48,9 @@ func runServe(args []string, stdout, stderr io.Writer) int {
 	var device string
 	var pos []string
 	for _, a := range fs.Args() {
+		if uf.takeDevice(a) {
+			continue
+		}
 		if strings.HasPrefix(a, "/dev/nbd") {
 			if device != "" {
 				fmt.Fprintf(stderr, "erofs-blockd serve: more than one device (%s, %s)\n", device, a)
@@ -52,13 +61,17 @@ func runServe(args []string, stdout, stderr io.Writer) int {
 		}
 		pos = append(pos, a)
 	}
-	paths, err := img.resolve(pos)
+	var paths []string
+	var err error
+	if len(pos) > 0 || len(img.blobs) > 0 || (len(ef.exports) == 0 && ef.config == "") {
+		paths, err = img.resolve(pos)
+	}
 	if err != nil {
 		fmt.Fprintln(stderr, "erofs-blockd serve:", err)
 		return exitUnusable
 	}
-	if len(*listens) == 0 && device == "" {
-		fmt.Fprintln(stderr, "erofs-blockd serve: nothing to serve on: give --listen unix:PATH / tcp:HOST:PORT and/or a /dev/nbdX device")
+	if len(*listens) == 0 && device == "" && !uf.enabled() {
+		fmt.Fprintln(stderr, "erofs-blockd serve: nothing to serve on: give --listen unix:PATH / tcp:HOST:PORT and/or a /dev/nbdX device and/or --ublk")
 		return exitUnusable
 	}
 	maxReq, err := parseSize(*maxRequest)
@@ -66,27 +79,62 @@ func runServe(args []string, stdout, stderr io.Writer) int {
 		fmt.Fprintf(stderr, "erofs-blockd serve: --max-request %q: want 4K..1G\n", *maxRequest)
 		return exitUnusable
 	}
-	dev, files, err := compose(paths, cf, stderr)
+	if err := sec.resolve(); err != nil {
+		fmt.Fprintln(stderr, "erofs-blockd serve:", err)
+		return exitUnusable
+	}
+	faults := newBlobFaults(log)
+	cf.onError = faults.report
+	// Every export (--blob/positional, --export, --config) is composed over
+	// files opened once and the one shared cache (serve_exports.go). dev,
+	// paths and *name are the first export's: the default export and the
+	// one attached to /dev/nbdX.
+	specs, err := ef.specs(paths, *name)
 	if err != nil {
 		fmt.Fprintln(stderr, "erofs-blockd serve:", err)
 		return exitUnusable
 	}
-	defer files.Close()
-	if err := checkImage(dev, *check); err != nil {
+	state, err := ef.newDaemonState(log)
+	if err != nil {
 		fmt.Fprintln(stderr, "erofs-blockd serve:", err)
 		return exitUnusable
 	}
+	defer state.Close()
+	for _, sp := range specs {
+		ex, err := state.add(sp, cf, stderr)
+		if err == nil {
+			err = checkImage(ex.flat, *check)
+		}
+		if err != nil {
+			if len(specs) > 1 {
+				err = fmt.Errorf("export %q: %w", sp.Name, err)
+			}
+			fmt.Fprintln(stderr, "erofs-blockd serve:", err)
+			return exitUnusable
+		}
+	}
+	dev, paths := state.exports[0].flat, state.exports[0].spec.Blobs
+	*name = state.exports[0].spec.Name
+	mtr := metrics.New(version(), state.metricsSources())
 
-	srv := nbd.NewServer(nbd.Config{
+	ncfg := nbd.Config{
 		MaxRequest:     uint32(maxReq),
 		MaxInFlight:    *maxInFlight,
 		MaxConnections: *maxConns,
 		Logger:         log,
-	})
-	desc := fmt.Sprintf("erofs-blockd: %s", strings.Join(paths, " + "))
-	if err := srv.AddExport(nbd.Export{Name: *name, Description: desc, Device: dev}); err != nil {
-		fmt.Fprintln(stderr, "erofs-blockd serve:", err)
-		return exitUnusable
+	}
+	sec.apply(&ncfg)
+	ncfg.Observer = mtr
+	srv := nbd.NewServer(ncfg)
+	for _, ex := range state.exports {
+		desc := ex.spec.Description
+		if desc == "" {
+			desc = fmt.Sprintf("erofs-blockd: %s", strings.Join(ex.spec.Blobs, " + "))
+		}
+		if err := srv.AddExport(nbd.Export{Name: ex.spec.Name, Description: desc, Device: ex.dev}); err != nil {
+			fmt.Fprintln(stderr, "erofs-blockd serve:", err)
+			return exitUnusable
+		}
 	}
 
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
@@ -96,7 +144,7 @@ func runServe(args []string, stdout, stderr io.Writer) int {
 	var listeners []net.Listener
 	serveErr := make(chan error, len(*listens)+1)
 	for _, spec := range *listens {
-		l, uri, err := nbd.Listen(spec)
+		l, uri, err := sec.listen(spec)
 		if err != nil {
 			fmt.Fprintln(stderr, "erofs-blockd serve:", err)
 			for _, l := range listeners {
@@ -104,11 +152,14 @@ func runServe(args []string, stdout, stderr io.Writer) int {
 			}
 			return exitUnusable
 		}
-		if *name != "" {
-			uri = withExportName(uri, *name)
-		}
 		listeners = append(listeners, l)
-		fmt.Fprintf(stdout, "serving %s (%d bytes)\n", uri, dev.Size())
+		for _, ex := range state.exports {
+			u := uri
+			if ex.spec.Name != "" {
+				u = withExportName(uri, ex.spec.Name)
+			}
+			fmt.Fprintf(stdout, "serving %s (%d bytes)\n", u, ex.flat.Size())
+		}
 		wg.Add(1)
 		go func() {
 			defer wg.Done()
@@ -117,6 +168,14 @@ func runServe(args []string, stdout, stderr io.Writer) int {
 			}
 		}()
 	}
+
+	stopMetrics, err := startMetrics(ef.metricsListen, mtr, stdout, log)
+	if err != nil {
+		fmt.Fprintln(stderr, "erofs-blockd serve:", err)
+		shutdown(srv, listeners, nil, log)
+		return exitUnusable
+	}
+	defer stopMetrics()
 
 	var kdev *kernel.Device
 	if device != "" {
@@ -137,7 +196,7 @@ func runServe(args []string, stdout, stderr io.Writer) int {
 		if id == "" {
 			id = "erofs-blockd:" + paths[0]
 		}
-		kdev, err = kernel.Attach(ctx, kernel.Config{
+		kdev, err = sec.attach(ctx, kernel.Config{
 			Index: idx, Size: dev.Size(), BlockSize: bsz, Connections: n,
 			Timeout: *timeout, DeadConnTimeout: *deadConn, BackendID: id, ReadOnly: true, Logger: log,
 		}, func(c net.Conn) {
@@ -146,11 +205,17 @@ func runServe(args []string, stdout, stderr io.Writer) int {
 			}
 		})
 		if err != nil {
-			fmt.Fprintf(stderr, "erofs-blockd serve: attach %s: %v\n", device, err)
+			fmt.Fprintf(stderr, "erofs-blockd serve: %s %s: %v\n", strings.TrimSuffix(sec.attachVerb(), "ed"), device, err)
 			shutdown(srv, listeners, nil, log)
 			return exitUnusable
 		}
-		fmt.Fprintf(stdout, "attached %s (%d bytes, %d connections, read-only)\n", kdev.Path(), dev.Size(), n)
+		fmt.Fprintf(stdout, "%s %s (%d bytes, %d connections, read-only)\n", sec.attachVerb(), kdev.Path(), dev.Size(), n)
+	}
+
+	if err := uf.attach(state.exports[0].dev, *blockSize, uint32(dev.Superblock().BlockSize()), stdout, log); err != nil {
+		fmt.Fprintln(stderr, "erofs-blockd serve:", err)
+		shutdown(srv, listeners, kdev, log)
+		return exitUnusable
 	}
 
 	code := exitOK
@@ -162,6 +227,9 @@ func runServe(args []string, stdout, stderr io.Writer) int {
 		code = exitUnusable
 	}
 	stop()
+	if err := uf.close(log); err != nil {
+		code = exitUnusable
+	}
 	if err := shutdown(srv, listeners, kdev, log); err != nil {
 		code = exitUnusable
 	}

@@ -1,0 +1,63 @@
+// Package blobcache puts the shared content cache (package cache) under
+// flatdev: it maps byte ranges of an input file (primary or blob) to content
+// keys, so that equal bytes are cached once however many exports, copies or
+// images they appear in. It is the only package that knows both EROFS
+// (which file data lives where, fingerprints) and the cache; package cache
+// sees opaque keys and flatdev sees io.ReaderAts.
+//
+// Identities, strongest dedup first:
+//   - content: regular-file data of images in the same domain whose files
+//     carry an ishare fingerprint (or got one computed at startup) is keyed
+//     by (fingerprint, file size, page index in the file);
+//   - blob copy: a blob whose slot tag is a UUID equal to the blob's own
+//     EROFS UUID, or a sha256, is keyed by (tag, size, page index);
+//   - file: anything else by (device, inode, size, page index) of the file,
+//     so the same file composed into several exports is cached once.
+//
+// Pages are PageSize bytes of the input file. A file's last, partial page
+// is keyed by content too; its padding (bytes after the file's end) is
+// served from the reader's own blob after checking once that it is zero.
+package blobcache
+
+import (
+	"io"
+	"sync/atomic"
+	"time"
+)
+
+// Backend is one opened input file as the data path reads it: it counts
+// bytes and errors (for metrics) and can add latency per read (to model a
+// remote blob store in benchmarks). It is safe for concurrent use.
+type Backend struct {
+	Name  string
+	R     io.ReaderAt
+	Size  int64
+	Delay time.Duration // added to every read (benchmarks, tests)
+
+	reads, bytes, errors atomic.Uint64
+}
+
+// BackendStats are a backend's cumulative counters.
+type BackendStats struct {
+	Name                 string
+	Reads, Bytes, Errors uint64
+}
+
+// ReadAt reads from the file, counting.
+func (b *Backend) ReadAt(p []byte, off int64) (int, error) {
+	if b.Delay > 0 {
+		time.Sleep(b.Delay)
+	}
+	n, err := b.R.ReadAt(p, off)
+	b.reads.Add(1)
+	b.bytes.Add(uint64(n))
+	if err != nil && !(err == io.EOF && n == len(p)) {
+		b.errors.Add(1)
+	}
+	return n, err
+}
+
+// Stats returns the counters.
+func (b *Backend) Stats() BackendStats {
+	return BackendStats{Name: b.Name, Reads: b.reads.Load(), Bytes: b.bytes.Load(), Errors: b.errors.Load()}
+}

@@ -1,0 +1,167 @@
+package blobcache
+
+import (
+	"bytes"
+	"errors"
+	"io"
+	"math/rand"
+	"sync"
+	"testing"
+
+	"github.com/erofs-blockd/erofs-blockd/cache"
+)
+
+type memBackend struct {
+	b    []byte
+	fail bool
+}
+
+func (m *memBackend) ReadAt(p []byte, off int64) (int, error) {
+	if m.fail {
+		return 0, errors.New("injected")
+	}
+	if off >= int64(len(m.b)) {
+		return 0, io.EOF
+	}
+	n := copy(p, m.b[off:])
+	if n < len(p) {
+		return n, io.EOF
+	}
+	return n, nil
+}
+
+func backend(name string, b []byte) (*Backend, *memBackend) {
+	m := &memBackend{b: b}
+	return &Backend{Name: name, R: m, Size: int64(len(b))}, m
+}
+
+func randBytes(rng *rand.Rand, n int) []byte {
+	b := make([]byte, n)
+	rng.Read(b)
+	return b
+}
+
+// Two blobs hold the same 10000-byte file at different offsets; B's
+// padding after the file is not zero. Every byte of both reads back right,
+// B's content pages come from A's fetch, and B's padding from B.
+func TestContentDedupAndPadding(t *testing.T) {
+	rng := rand.New(rand.NewSource(1))
+	file := randBytes(rng, 10000)
+	a := append(append([]byte{}, file...), make([]byte, 3*PageSize-len(file))...) // zero padding
+	a = append(a, randBytes(rng, 5000)...)                                        // other data
+	b := append(randBytes(rng, 2*PageSize), file...)
+	b = append(b, bytes.Repeat([]byte{0xEE}, 3*PageSize-len(file))...) // non-zero padding
+	b = append(b, randBytes(rng, 100)...)
+
+	sh := NewShared(cache.New(1<<20, PageSize))
+	beA, _ := backend("a", a)
+	beB, _ := backend("b", b)
+	span := func(off int64) []Span {
+		return []Span{{Off: off, Len: int64(len(file)), Logical: 0, FileSize: int64(len(file)), Content: "fp"}}
+	}
+	rA := sh.NewReader(ReaderConfig{Backend: beA, FileID: "a", BlobID: "a", Spans: span(0)})
+	rB := sh.NewReader(ReaderConfig{Backend: beB, FileID: "b", BlobID: "b", Spans: span(2 * PageSize)})
+	rA.Enable()
+	rB.Enable()
+
+	check := func(r *Reader, want []byte) {
+		t.Helper()
+		// whole, and in odd pieces
+		got := make([]byte, len(want))
+		if n, err := r.ReadAt(got, 0); err != nil || n != len(want) || !bytes.Equal(got, want) {
+			t.Fatalf("whole read: n=%d err=%v equal=%v", n, err, bytes.Equal(got, want))
+		}
+		for off := 0; off < len(want); off += 1237 {
+			n := min(3001, len(want)-off)
+			p := make([]byte, n)
+			if _, err := r.ReadAt(p, int64(off)); err != nil || !bytes.Equal(p, want[off:off+n]) {
+				t.Fatalf("read %d+%d: err=%v", off, n, err)
+			}
+		}
+	}
+	check(rA, a)
+	before := beB.Stats().Bytes
+	whole := make([]byte, len(b))
+	if _, err := rB.ReadAt(whole, 0); err != nil || !bytes.Equal(whole, b) {
+		t.Fatalf("B: %v", err)
+	}
+	// B read from its backend: its 2 leading pages, the page after the
+	// file's, and the padding; never the 2 full content pages nor the
+	// file's tail bytes.
+	if got, want := beB.Stats().Bytes-before, int64ToU(len(b)-len(file)); got != want {
+		t.Fatalf("B backend bytes %d, want %d", got, want)
+	}
+	if sh.Stats().DedupContent != 3 {
+		t.Fatalf("content dedup hits %d, want 3", sh.Stats().DedupContent)
+	}
+	check(rB, b)
+	// Reading past the end is passed through (short read, EOF).
+	p := make([]byte, 10)
+	if n, err := rB.ReadAt(p, int64(len(b))-5); n != 5 || err != io.EOF {
+		t.Fatalf("read past end: %d %v", n, err)
+	}
+}
+
+func int64ToU(n int) uint64 { return uint64(n) }
+
+func TestPrefetchAndErrors(t *testing.T) {
+	rng := rand.New(rand.NewSource(2))
+	data := randBytes(rng, 50000)
+	sh := NewShared(cache.New(1<<20, PageSize))
+	be, m := backend("x", data)
+	r := sh.NewReader(ReaderConfig{Backend: be, FileID: "x", BlobID: "x"})
+	r.Enable()
+
+	m.fail = true
+	if _, err := r.ReadAt(make([]byte, 100), 0); err == nil {
+		t.Fatal("backend error not reported")
+	}
+	if err := r.Prefetch(0, 20000); err == nil {
+		t.Fatal("prefetch error not reported")
+	}
+	m.fail = false
+	if err := r.Prefetch(0, int64(len(data))); err != nil {
+		t.Fatal(err)
+	}
+	reads := be.Stats().Reads
+	got := make([]byte, len(data))
+	if _, err := r.ReadAt(got, 0); err != nil || !bytes.Equal(got, data) {
+		t.Fatalf("read after prefetch: %v", err)
+	}
+	if be.Stats().Reads != reads {
+		t.Fatal("read after a full prefetch went to the backend")
+	}
+}
+
+// Concurrent readers of overlapping ranges through a tiny cache always get
+// the right bytes.
+func TestConcurrentSmallCache(t *testing.T) {
+	rng := rand.New(rand.NewSource(3))
+	data := randBytes(rng, 300000)
+	sh := NewShared(cache.New(5*PageSize, PageSize))
+	be, _ := backend("x", data)
+	var readers []*Reader
+	for i := 0; i < 3; i++ {
+		r := sh.NewReader(ReaderConfig{Backend: be, FileID: "x", BlobID: "x"})
+		r.Enable()
+		readers = append(readers, r)
+	}
+	var wg sync.WaitGroup
+	for g := 0; g < 8; g++ {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			rng := rand.New(rand.NewSource(int64(g)))
+			for i := 0; i < 300; i++ {
+				off := rng.Intn(len(data))
+				n := min(1+rng.Intn(40000), len(data)-off)
+				p := make([]byte, n)
+				if _, err := readers[g%3].ReadAt(p, int64(off)); err != nil || !bytes.Equal(p, data[off:off+n]) {
+					t.Errorf("read %d+%d: %v", off, n, err)
+					return
+				}
+			}
+		}()
+	}
+	wg.Wait()
+}

@@ -1,0 +1,88 @@
+package blobcache
+
+import (
+	"sync"
+	"sync/atomic"
+
+	"github.com/erofs-blockd/erofs-blockd/cache"
+)
+
+// PageSize is the cache's unit: pages of an input file (or of a file's
+// content) of this many bytes.
+const PageSize = 4096
+
+// Dedup kinds, as reported in Stats and metrics labels.
+const (
+	KindFile    = "file"    // same input file in another export
+	KindCopy    = "copy"    // another copy of the same blob (tag + size)
+	KindContent = "content" // same file content in another blob (fingerprint)
+)
+
+// Shared is the state all exports of one daemon share: the cache, the
+// interned identities and the dedup counters.
+type Shared struct {
+	c *cache.Cache
+
+	mu      sync.Mutex
+	ids     map[string]uint64
+	origins []origin
+
+	dedupFile, dedupCopy, dedupContent atomic.Uint64
+	padReads                           atomic.Uint64
+}
+
+// NewShared wraps c (which must not be nil).
+func NewShared(c *cache.Cache) *Shared {
+	return &Shared{c: c, ids: make(map[string]uint64)}
+}
+
+// Cache returns the underlying cache.
+func (s *Shared) Cache() *cache.Cache { return s.c }
+
+func (s *Shared) intern(id string) uint64 {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if v, ok := s.ids[id]; ok {
+		return v
+	}
+	v := uint64(len(s.ids) + 1)
+	s.ids[id] = v
+	return v
+}
+
+// origin is the reader that filled a page: its file and blob identities.
+type origin struct{ file, blob string }
+
+func (s *Shared) newOrigin(o origin) cache.Origin {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	s.origins = append(s.origins, o)
+	return cache.Origin(len(s.origins) - 1)
+}
+
+func (s *Shared) originOf(o cache.Origin) origin {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if int(o) < len(s.origins) {
+		return s.origins[o]
+	}
+	return origin{}
+}
+
+// Stats is a snapshot of the cache and dedup counters.
+type Stats struct {
+	cache.Stats
+	// Dedup hits: hits on a page another reader brought in, by kind.
+	DedupFile, DedupCopy, DedupContent uint64
+	// PadReads counts backend reads of a tail page's padding.
+	PadReads uint64
+}
+
+// Stats returns the counters.
+func (s *Shared) Stats() Stats {
+	return Stats{
+		Stats:     s.c.Stats(),
+		DedupFile: s.dedupFile.Load(), DedupCopy: s.dedupCopy.Load(), DedupContent: s.dedupContent.Load(),
+		PadReads: s.padReads.Load(),
+	}
+}

@@ -1,0 +1,85 @@
+package main
+
+import (
+	"fmt"
+	"io"
+	"log/slog"
+	"strings"
+
+	"github.com/spf13/pflag"
+
+	"github.com/erofs-blockd/erofs-blockd/blockdev"
+	"github.com/erofs-blockd/erofs-blockd/ublk"
+)
+
+// ublkFlags wires `serve --ublk` and a positional /dev/ublkbN: the first
+// export is also served to the kernel's ublk driver (package ublk), from
+// the same device the NBD exports read.
+type ublkFlags struct {
+	enable  *bool
+	queues  *int
+	depth   *int
+	devices []string // positional /dev/ublkbN
+	dev     *ublk.Device
+}
+
+func registerUblkFlags(fs *pflag.FlagSet) *ublkFlags {
+	u := &ublkFlags{}
+	u.enable = fs.Bool("ublk", false, "also serve the image as a read-only ublk device /dev/ublkbN (N picked by the driver; or give /dev/ublkbN)")
+	u.queues = fs.Int("ublk-queues", 0, "ublk hardware queues, one thread each (default: number of CPUs)")
+	u.depth = fs.Int("ublk-depth", ublk.DefaultDepth, "ublk queue depth (requests in flight per queue)")
+	return u
+}
+
+// takeDevice claims a positional /dev/ublkbN argument.
+func (u *ublkFlags) takeDevice(arg string) bool {
+	if !strings.HasPrefix(arg, "/dev/ublkb") {
+		return false
+	}
+	u.devices = append(u.devices, arg)
+	return true
+}
+
+func (u *ublkFlags) enabled() bool { return *u.enable || len(u.devices) > 0 }
+
+// attach creates the ublk device and prints its line. blockSize is
+// --block-size (0: the image's block size, imageBlockSize).
+func (u *ublkFlags) attach(dev blockdev.Device, blockSize, imageBlockSize uint32, stdout io.Writer, log *slog.Logger) error {
+	if !u.enabled() {
+		return nil
+	}
+	if len(u.devices) > 1 {
+		return fmt.Errorf("more than one ublk device (%s)", strings.Join(u.devices, ", "))
+	}
+	id := -1
+	if len(u.devices) == 1 {
+		n, err := ublk.ParseDevicePath(u.devices[0])
+		if err != nil {
+			return err
+		}
+		id = n
+	}
+	if blockSize == 0 {
+		blockSize = imageBlockSize
+	}
+	d, err := ublk.Start(ublk.Config{ID: id, Device: dev, Queues: *u.queues, Depth: *u.depth, BlockSize: blockSize, Logger: log})
+	if err != nil {
+		return err
+	}
+	u.dev = d
+	fmt.Fprintf(stdout, "attached %s (%d bytes, %d queues, depth %d, read-only)\n", d.Path(), dev.Size(), d.Queues(), d.Depth())
+	return nil
+}
+
+// close stops and deletes the ublk device (after in-flight requests).
+func (u *ublkFlags) close(log *slog.Logger) error {
+	if u.dev == nil {
+		return nil
+	}
+	err := u.dev.Close()
+	if err != nil {
+		log.Error("ublk", "device", u.dev.Path(), "err", err)
+	}
+	u.dev = nil
+	return err
+}
