@@ -127,6 +127,27 @@ func (ino *Inode) FileMode() fs.FileMode {
 	return m
 }
 
+// DirentType returns the dirent file_type (FtReg, FtDir, ...) for an i_mode.
+func DirentType(mode uint32) uint8 {
+	switch mode & S_IFMT {
+	case S_IFREG:
+		return FtReg
+	case S_IFDIR:
+		return FtDir
+	case S_IFCHR:
+		return FtChr
+	case S_IFBLK:
+		return FtBlk
+	case S_IFIFO:
+		return FtFifo
+	case S_IFSOCK:
+		return FtSock
+	case S_IFLNK:
+		return FtSymlink
+	}
+	return FtUnknown
+}
+
 // TypeName returns file, dir, symlink, char, block, fifo or socket.
 func (ino *Inode) TypeName() string {
 	switch ino.Mode & S_IFMT {

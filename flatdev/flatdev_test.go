@@ -74,17 +74,7 @@ func mountCompare(t *testing.T, dev *flatdev.Device, tree string) {
 		t.Fatalf("mount: %v\n%s", err, out)
 	}
 	defer exec.Command("umount", mnt).Run()
-	want, err := testtree.Manifest(tree, true)
-	if err != nil {
-		t.Fatal(err)
-	}
-	got, err := testtree.Manifest(mnt, true)
-	if err != nil {
-		t.Fatal(err)
-	}
-	if d := testtree.Diff(want, got, 0); len(d) > 0 {
-		t.Fatalf("mounted tree differs from source:\n%s", strings.Join(d, "\n"))
-	}
+	testtree.CompareTrees(t, tree, mnt)
 }
 
 func TestDebianZeroSlotMountsFlat(t *testing.T) {

@@ -280,7 +280,7 @@ func (c *checker) checkDir(w dirWork) []dirWork {
 		if ino == nil {
 			continue
 		}
-		if want := fileType(ino); d.Type != want {
+		if want := erofs.DirentType(ino.Mode); d.Type != want {
 			c.addf(p, d.Nid, d.phys, RuleDirentType, "file_type %d, inode is %s (%d)", d.Type, ino.TypeName(), want)
 		}
 		if ino.IsDir() {
@@ -305,26 +305,6 @@ func (c *checker) checkDir(w dirWork) []dirWork {
 		c.addf(w.path, dir.Nid, dir.Off, RuleDirentDotDot, "no \"..\" entry")
 	}
 	return kids
-}
-
-func fileType(ino *erofs.Inode) uint8 {
-	switch ino.Mode & erofs.S_IFMT {
-	case erofs.S_IFREG:
-		return erofs.FtReg
-	case erofs.S_IFDIR:
-		return erofs.FtDir
-	case erofs.S_IFCHR:
-		return erofs.FtChr
-	case erofs.S_IFBLK:
-		return erofs.FtBlk
-	case erofs.S_IFIFO:
-		return erofs.FtFifo
-	case erofs.S_IFSOCK:
-		return erofs.FtSock
-	case erofs.S_IFLNK:
-		return erofs.FtSymlink
-	}
-	return erofs.FtUnknown
 }
 
 // checkCounts checks nlink and the number of reachable inodes.

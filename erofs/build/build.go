@@ -124,26 +124,6 @@ func (e *Error) Error() string { return fmt.Sprintf("erofs build: %s: %s", e.Pat
 
 func typeOf(mode uint32) uint32 { return mode & erofs.S_IFMT }
 
-func fileType(mode uint32) uint8 {
-	switch typeOf(mode) {
-	case erofs.S_IFREG:
-		return erofs.FtReg
-	case erofs.S_IFDIR:
-		return erofs.FtDir
-	case erofs.S_IFCHR:
-		return erofs.FtChr
-	case erofs.S_IFBLK:
-		return erofs.FtBlk
-	case erofs.S_IFIFO:
-		return erofs.FtFifo
-	case erofs.S_IFSOCK:
-		return erofs.FtSock
-	case erofs.S_IFLNK:
-		return erofs.FtSymlink
-	}
-	return erofs.FtUnknown
-}
-
 // shortPrefixes in the order names are matched (longest first).
 var shortPrefixes = []struct {
 	p     string

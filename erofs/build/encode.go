@@ -190,7 +190,7 @@ func (wr *writer) writeDir(w io.Writer, p *plan) error {
 			d := blk[12*j:]
 			le.PutUint64(d[0:], e.p.nid())
 			le.PutUint16(d[8:], uint16(nameoff))
-			d[10] = fileType(e.p.ino.Mode)
+			d[10] = erofs.DirentType(e.p.ino.Mode)
 			nameoff += copy(blk[nameoff:], e.name)
 		}
 		// Blocks are written in full (zero padded); i_size covers only

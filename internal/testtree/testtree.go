@@ -313,6 +313,28 @@ func Manifest(root string, withXattrs bool) ([]Entry, error) {
 	return out, err
 }
 
+// CompareTrees fails t unless the tree at got (typically a mount point)
+// equals the tree at want: types, modes, owners, sizes, targets, rdevs,
+// contents and xattrs. It returns the number of entries compared.
+func CompareTrees(t testing.TB, want, got string) int {
+	t.Helper()
+	w, err := Manifest(want, true)
+	if err != nil {
+		t.Fatal(err)
+	}
+	g, err := Manifest(got, true)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if d := Diff(w, g, 0); len(d) > 0 {
+		t.Fatalf("tree %s differs from %s:\n%s", got, want, strings.Join(d, "\n"))
+	}
+	return len(w)
+}
+
+// HashFile returns the hex sha256 of a file's content.
+func HashFile(p string) (string, error) { return hashFile(p) }
+
 func hashFile(p string) (string, error) {
 	f, err := os.Open(p)
 	if err != nil {
