@@ -129,7 +129,7 @@ func runServe(args []string, stdout, stderr io.Writer) int {
 	for _, ex := range state.exports {
 		desc := ex.spec.Description
 		if desc == "" {
-			desc = fmt.Sprintf("erofs-blockd: %s", strings.Join(ex.spec.Blobs, " + "))
+			desc = defaultDescription(ex.spec.Blobs)
 		}
 		if err := srv.AddExport(nbd.Export{Name: ex.spec.Name, Description: desc, Device: ex.dev}); err != nil {
 			fmt.Fprintln(stderr, "erofs-blockd serve:", err)
@@ -267,4 +267,14 @@ func withExportName(uri, name string) string {
 		return uri[:i+4] + name + uri[i+4:]
 	}
 	return uri + "/" + name
+}
+
+// defaultDescription names the primary and the blobs, shortened so it stays
+// well inside NBD's 4096-byte limit for any number of blobs.
+func defaultDescription(blobs []string) string {
+	desc := "erofs-blockd: " + strings.Join(blobs, " + ")
+	if len(desc) <= 1024 || len(blobs) == 0 {
+		return desc
+	}
+	return fmt.Sprintf("erofs-blockd: %s + %d blobs", blobs[0], len(blobs)-1)
 }
