@@ -90,13 +90,15 @@ type page struct {
 	vlen    int  // value length: bytes of the page the key covers
 	content bool // key is a content key
 	padLen  int  // content tail page: bytes after vlen that are this file's padding
-	fl      *cache.Flight
 }
 
 // classify picks the key for the page starting at a.
 func (r *Reader) classify(a int64) page {
 	end := min(a+PageSize, r.size)
 	pg := page{start: a, key: cache.Key{ID: r.blobID, Index: uint64(a / PageSize)}, vlen: int(end - a)}
+	if len(r.spans) == 0 {
+		return pg
+	}
 	// last span with Off <= a
 	i := sort.Search(len(r.spans), func(i int) bool { return r.spans[i].Off > a }) - 1
 	if i < 0 {
@@ -149,112 +151,182 @@ func (r *Reader) Prefetch(off, n int64) error {
 	return r.read(nil, off, n)
 }
 
+// chunkPages bounds the pages one batch looks up (and so the scratch
+// memory of a read): longer reads go in chunks of this many pages.
+const chunkPages = 256
+
+// scratch is the per-read working memory, pooled.
+type scratch struct {
+	reqs  []cache.Req
+	pages []page
+	vals  [][]byte
+	tmp   []byte
+	edge  [2][]byte // partial first/last pages of an unaligned read
+}
+
+var scratchPool = sync.Pool{New: func() any {
+	return &scratch{edge: [2][]byte{make([]byte, PageSize), make([]byte, PageSize)}}
+}}
+
 // read fills p (nil: only warm the cache) with [off, off+n).
 func (r *Reader) read(p []byte, off, n int64) error {
+	s := scratchPool.Get().(*scratch)
+	defer scratchPool.Put(s)
 	end := off + n
+	for a := off; a < end; {
+		b := min((a/PageSize+chunkPages)*PageSize, end)
+		var q []byte
+		if p != nil {
+			q = p[a-off : b-off]
+		}
+		if err := r.readChunk(s, q, a, b); err != nil {
+			return err
+		}
+		a = b
+	}
+	return nil
+}
+
+// readChunk fills p (nil: only warm the cache) with [off, end): it looks
+// all pages up at once (hits are copied straight into p), reads each run
+// of consecutive missing pages it leads with one backend read (into p when
+// the run lies inside it) and stores them, then waits for pages others are
+// fetching. Every Flight it leads is resolved before it waits on any.
+func (r *Reader) readChunk(s *scratch, p []byte, off, end int64) error {
+	first := off / PageSize * PageSize
+	np := int((end - first + PageSize - 1) / PageSize)
+	if cap(s.reqs) < np {
+		s.reqs = make([]cache.Req, np)
+		s.pages = make([]page, np)
+	}
+	reqs, pages := s.reqs[:np], s.pages[:np]
+	defer func() {
+		clear(reqs) // no references to p or to flights stay in the pool
+		clear(s.vals[:cap(s.vals)])
+	}()
 	put := func(start int64, data []byte) {
 		if p == nil {
 			return
 		}
-		s, e := max(start, off), min(start+int64(len(data)), end)
-		if s < e {
-			copy(p[s-off:e-off], data[s-start:e-start])
+		a, b := max(start, off), min(start+int64(len(data)), end)
+		if a < b {
+			copy(p[a-off:b-off], data[a-start:b-start])
 		}
+	}
+	inside := func(pg *page) bool { return pg.start >= off && pg.start+int64(pg.vlen) <= end }
+	for i := range pages {
+		pg := r.classify(first + int64(i)*PageSize)
+		pages[i] = pg
+		var dst []byte
+		switch {
+		case p == nil:
+		case inside(&pg):
+			dst = p[pg.start-off : pg.start-off+int64(pg.vlen)]
+		default: // only the first and the last page can stick out
+			dst = s.edge[min(i, 1)][:pg.vlen]
+		}
+		reqs[i] = cache.Req{Key: pg.key, Dst: dst}
 	}
 	c := r.sh.c
-	var leaders, waiters, pads []page
-	for a := off / PageSize * PageSize; a < end; a += PageSize {
-		pg := r.classify(a)
-		val, origin, ok, fl, leader := c.Acquire(pg.key)
-		switch {
-		case ok:
-			if len(val) != pg.vlen { // cannot happen: identities include sizes
-				if err := r.direct(pg, put); err != nil {
-					return err
-				}
-				continue
-			}
-			r.countHit(pg, origin)
-			put(a, val)
-			if pg.padLen > 0 {
-				pads = append(pads, pg)
-			}
-		case leader:
-			pg.fl = fl
-			leaders = append(leaders, pg)
-		default:
-			pg.fl = fl
-			waiters = append(waiters, pg)
-		}
-	}
-	// Fetch runs of consecutive pages we lead with one backend read each,
-	// and complete them before waiting on anyone else's fetch.
+	c.Acquire(reqs)
+
+	// Runs we lead: one backend read each, then store them.
 	var firstErr error
-	for i := 0; i < len(leaders); {
+	for i := 0; i < np; {
+		f := reqs[i].Flight
+		if reqs[i].State != cache.Lead {
+			i++
+			continue
+		}
 		j := i + 1
-		for j < len(leaders) && leaders[j].start == leaders[j-1].start+PageSize {
+		for j < np && reqs[j].State == cache.Lead && reqs[j].Flight == f {
 			j++
 		}
-		run := leaders[i:j]
-		from := run[0].start
-		to := min(run[len(run)-1].start+PageSize, r.size)
-		buf := make([]byte, to-from)
+		from := pages[i].start
+		to := min(pages[j-1].start+PageSize, r.size)
+		intoP := p != nil && from >= off && to <= end
+		var buf []byte
+		if intoP {
+			buf = p[from-off : to-off]
+		} else {
+			if int64(cap(s.tmp)) < to-from {
+				s.tmp = make([]byte, to-from)
+			}
+			buf = s.tmp[:to-from]
+		}
 		got, err := r.be.ReadAt(buf, from)
 		if got < len(buf) {
 			if err == nil || err == io.EOF {
 				err = io.EOF
 			}
-			for _, pg := range run {
-				c.Fail(pg.key, pg.fl, err)
-			}
+			c.Fail(f, err)
 			if firstErr == nil {
 				firstErr = err
 			}
 			i = j
 			continue
 		}
-		for _, pg := range run {
-			// Each value gets its own array, so the cache's byte bound is
-			// what it holds (a slice of buf would pin the whole run).
-			v := make([]byte, pg.vlen)
-			copy(v, buf[pg.start-from:])
-			c.Complete(pg.key, pg.fl, v, r.origin)
+		vals := s.vals[:0]
+		for k := i; k < j; k++ {
+			pg := &pages[k]
+			o := pg.start - from
+			vals = append(vals, buf[o:o+int64(pg.vlen)])
 			if pg.padLen > 0 {
-				padding := buf[pg.start-from+int64(pg.vlen) : pg.start-from+int64(pg.vlen)+int64(pg.padLen)]
-				r.setPad(pg.start, allZero(padding))
+				r.setPad(pg.start, allZero(buf[o+int64(pg.vlen):o+int64(pg.vlen)+int64(pg.padLen)]))
 			}
-			put(pg.start, buf[pg.start-from:min(pg.start-from+PageSize, int64(len(buf)))])
+		}
+		s.vals = vals
+		c.Complete(f, vals, r.origin)
+		if !intoP {
+			put(from, buf)
 		}
 		i = j
 	}
 	if firstErr != nil {
-		// Still release nobody else: every flight we led is completed or failed.
+		// Every flight we led is resolved; others' flights need nobody.
 		return firstErr
 	}
-	for _, pg := range waiters {
-		val, origin, err := pg.fl.Wait()
-		if err != nil || len(val) != pg.vlen {
-			// The leader failed; read the page ourselves, uncached.
-			if p == nil {
+
+	// Hits (already copied) and pages others fetched.
+	for i := range reqs {
+		rq, pg := &reqs[i], &pages[i]
+		var origin cache.Origin
+		switch rq.State {
+		case cache.Hit:
+			if rq.Len != pg.vlen { // cannot happen: identities include sizes
+				if err := r.direct(*pg, put); err != nil {
+					return err
+				}
 				continue
 			}
-			if err := r.direct(pg, put); err != nil {
-				return err
+			origin = rq.Origin
+		case cache.Wait:
+			l, o, err := rq.Flight.Wait(rq.Index, rq.Dst)
+			if err != nil || l != pg.vlen {
+				// The leader failed; read the page ourselves, uncached.
+				if p == nil {
+					continue
+				}
+				if err := r.direct(*pg, put); err != nil {
+					return err
+				}
+				continue
 			}
+			origin = o
+		default:
 			continue
 		}
 		r.countHit(pg, origin)
-		put(pg.start, val)
-		if pg.padLen > 0 {
-			pads = append(pads, pg)
+		if p == nil {
+			continue
 		}
-	}
-	if p == nil {
-		return nil
-	}
-	for _, pg := range pads {
-		if err := r.fillPad(pg, put); err != nil {
-			return err
+		if !inside(pg) {
+			put(pg.start, rq.Dst)
+		}
+		if pg.padLen > 0 {
+			if err := r.fillPad(*pg, put); err != nil {
+				return err
+			}
 		}
 	}
 	return nil
@@ -305,7 +377,7 @@ func (r *Reader) setPad(start int64, zero bool) {
 
 // countHit counts a hit on a page another reader filled: the same file
 // (another export), a copy of the same blob, or else equal file content.
-func (r *Reader) countHit(pg page, o cache.Origin) {
+func (r *Reader) countHit(pg *page, o cache.Origin) {
 	if o == r.origin {
 		return
 	}

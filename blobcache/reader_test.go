@@ -5,6 +5,7 @@ import (
 	"errors"
 	"io"
 	"math/rand"
+	"runtime"
 	"sync"
 	"testing"
 
@@ -164,4 +165,102 @@ func TestConcurrentSmallCache(t *testing.T) {
 		}()
 	}
 	wg.Wait()
+}
+
+// patBackend is a large input whose bytes are a function of their offset,
+// so it holds no memory of its own.
+type patBackend struct{ size int64 }
+
+func patByte(o int64) byte { return byte(uint64(o) * 0x9E3779B97F4A7C15 >> 56) }
+
+func (b patBackend) ReadAt(p []byte, off int64) (int, error) {
+	n := int(min(int64(len(p)), max(b.size-off, 0)))
+	for i := range n {
+		p[i] = patByte(off + int64(i))
+	}
+	if n < len(p) {
+		return n, io.EOF
+	}
+	return n, nil
+}
+
+// Filling the cache with large reads (4x its capacity, 1 MiB at a time,
+// each run of misses read with one backend read) leaves the process
+// holding about the capacity: the pages live in the cache's own slots
+// (reused on eviction), not in slices of the read buffers.
+func TestMemoryBoundLargeReads(t *testing.T) {
+	const capacity = 16 << 20
+	const size = 4 * capacity
+	sh := NewShared(cache.New(capacity, PageSize))
+	be := &Backend{Name: "pat", R: patBackend{size}, Size: size}
+	r := sh.NewReader(ReaderConfig{Backend: be, FileID: "pat", BlobID: "pat"})
+	r.Enable()
+	heap := func() uint64 {
+		runtime.GC()
+		var ms runtime.MemStats
+		runtime.ReadMemStats(&ms)
+		return ms.HeapAlloc
+	}
+	base := heap()
+	p := make([]byte, 1<<20)
+	for off := int64(0); off < size; off += int64(len(p)) {
+		if _, err := r.ReadAt(p, off); err != nil {
+			t.Fatal(err)
+		}
+		if patByte(off) != p[0] || patByte(off+int64(len(p))-1) != p[len(p)-1] {
+			t.Fatalf("wrong bytes at %d", off)
+		}
+	}
+	// and a second, unaligned pass, half of it hits
+	for off := int64(size/2 + 100); off+int64(len(p)) < size; off += int64(len(p)) {
+		if _, err := r.ReadAt(p, off); err != nil {
+			t.Fatal(err)
+		}
+		for i := 0; i < len(p); i += 4093 {
+			if p[i] != patByte(off+int64(i)) {
+				t.Fatalf("wrong byte at %d", off+int64(i))
+			}
+		}
+	}
+	grew := int64(heap()) - int64(base)
+	st := sh.Stats()
+	if st.ResidentBytes > capacity || st.AllocatedBytes > capacity {
+		t.Fatalf("resident %d, allocated %d > capacity %d", st.ResidentBytes, st.AllocatedBytes, capacity)
+	}
+	// Per page: an entry, a map slot and a ghost slot, well under 1/16 of
+	// a 4 KiB page; plus pooled read scratch.
+	overhead := int64(capacity/16 + 4<<20)
+	if total := grew + st.AllocatedBytes; total > capacity+overhead {
+		t.Fatalf("heap grew %d MiB + cache slots %d MiB = %d MiB for a %d MiB cache",
+			grew>>20, st.AllocatedBytes>>20, total>>20, capacity>>20)
+	}
+	t.Logf("heap +%.1f MiB, slots %.1f MiB, resident %.1f MiB, capacity %d MiB, entries %d",
+		float64(grew)/(1<<20), float64(st.AllocatedBytes)/(1<<20), float64(st.ResidentBytes)/(1<<20), capacity>>20, st.Entries)
+	runtime.KeepAlive(p)
+}
+
+// One blob holds the same file twice (two inodes, equal fingerprints): a
+// read covering both looks the same content key up twice in one batch and
+// waits on its own fetch for the second copy.
+func TestSameContentTwiceInOneRead(t *testing.T) {
+	rng := rand.New(rand.NewSource(4))
+	file := randBytes(rng, 3*PageSize)
+	blob := append(append(append([]byte{}, file...), randBytes(rng, PageSize)...), file...)
+	sh := NewShared(cache.New(1<<20, PageSize))
+	be, _ := backend("d", blob)
+	sp := func(off int64) Span {
+		return Span{Off: off, Len: int64(len(file)), FileSize: int64(len(file)), Content: "fp"}
+	}
+	r := sh.NewReader(ReaderConfig{Backend: be, FileID: "d", BlobID: "d",
+		Spans: []Span{sp(0), sp(int64(len(file) + PageSize))}})
+	r.Enable()
+	for pass := 0; pass < 2; pass++ {
+		got := make([]byte, len(blob))
+		if _, err := r.ReadAt(got, 0); err != nil || !bytes.Equal(got, blob) {
+			t.Fatalf("pass %d: %v", pass, err)
+		}
+	}
+	if got, want := be.Stats().Bytes, uint64(len(file)+PageSize); got != want {
+		t.Fatalf("backend bytes %d, want %d (the file once)", got, want)
+	}
 }

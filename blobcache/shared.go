@@ -25,7 +25,7 @@ type Shared struct {
 
 	mu      sync.Mutex
 	ids     map[string]uint64
-	origins []origin
+	origins atomic.Pointer[[]origin] // copy on write: read on every dedup hit
 
 	dedupFile, dedupCopy, dedupContent atomic.Uint64
 	padReads                           atomic.Uint64
@@ -56,15 +56,18 @@ type origin struct{ file, blob string }
 func (s *Shared) newOrigin(o origin) cache.Origin {
 	s.mu.Lock()
 	defer s.mu.Unlock()
-	s.origins = append(s.origins, o)
-	return cache.Origin(len(s.origins) - 1)
+	var old []origin
+	if p := s.origins.Load(); p != nil {
+		old = *p
+	}
+	next := append(old[:len(old):len(old)], o)
+	s.origins.Store(&next)
+	return cache.Origin(len(next) - 1)
 }
 
 func (s *Shared) originOf(o cache.Origin) origin {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	if int(o) < len(s.origins) {
-		return s.origins[o]
+	if p := s.origins.Load(); p != nil && int(o) < len(*p) {
+		return (*p)[o]
 	}
 	return origin{}
 }

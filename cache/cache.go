@@ -13,12 +13,18 @@
 // displacing the working set, and a hit costs a read lock and an atomic
 // increment, not a list move.
 //
+// Lookups work on batches (Acquire takes a run of keys, typically the pages
+// of one read, under one read lock, and one write lock for its misses).
 // Concurrent misses on one key fetch once: Acquire makes exactly one caller
-// the leader, which fills the page with Complete (or Fail); the others wait
-// on the returned Flight.
+// the leader of a Flight (consecutive missing keys of a batch share one),
+// which fills its pages with Complete (or Fail); the others Wait on it.
 //
-// Values are immutable once stored: callers must not modify the slices they
-// pass to Complete or receive from Get/Acquire/Wait.
+// The cache owns its memory: values are copied in (Complete) and out
+// (Get, Acquire, Wait), never shared with callers. Values of at most the
+// page size live in fixed page slots of a slab outside the Go heap, reused
+// as pages are evicted, and count as a whole slot each; so the resident
+// bytes reported in Stats are the memory the values occupy, bounded by the
+// capacity. Larger values are copied to the heap and count their length.
 package cache
 
 import (
@@ -40,12 +46,16 @@ type Origin uint32
 
 // Stats are cumulative counters and current sizes.
 type Stats struct {
-	Hits, Misses  uint64 // Acquire/Get outcomes (a wait on another's fetch is a hit)
+	Hits, Misses  uint64 // lookup outcomes (a wait on another's fetch is a hit)
 	Inserts       uint64
 	Evictions     uint64
-	ResidentBytes int64
-	Entries       int64
-	Capacity      int64
+	ResidentBytes int64 // memory held by values (whole slots for small values)
+	// AllocatedBytes is the memory the cache has for values: the slab's
+	// slots touched so far (they are reused, never returned) plus values
+	// too large for a slot. At most Capacity plus one slot's rounding.
+	AllocatedBytes int64
+	Entries        int64
+	Capacity       int64
 }
 
 type queue uint8
@@ -54,15 +64,23 @@ const (
 	qNone queue = iota
 	qSmall
 	qMain
+	qGhost // evicted from small, key remembered: no value, in the ghost ring
 )
 
 type entry struct {
-	key        Key
-	val        []byte
-	origin     Origin
-	freq       atomic.Int32
-	q          queue
-	prev, next *entry // towards head / towards tail
+	key    Key
+	val    []byte // nil while pending
+	cost   int64  // bytes counted against the capacity
+	slot   int32  // slab slot, -1: heap
+	fi     int32  // index in fl
+	origin Origin
+	freq   atomic.Int32
+	q      queue
+	ghost  bool    // pending entry that was a ghost: goes to main
+	gseq   uint64  // qGhost: sequence number in the ghost ring
+	fl     *Flight // non-nil while the entry is pending (being fetched)
+	prev   *entry  // towards head
+	next   *entry  // towards tail
 }
 
 // list is an intrusive FIFO: push at head, pop at tail.
@@ -79,7 +97,7 @@ func (l *list) push(e *entry) {
 		l.tail = e
 	}
 	l.head = e
-	l.bytes += int64(len(e.val))
+	l.bytes += e.cost
 }
 
 func (l *list) pop() *entry {
@@ -94,76 +112,124 @@ func (l *list) pop() *entry {
 		l.head = nil
 	}
 	e.prev, e.next = nil, nil
-	l.bytes -= int64(len(e.val))
+	l.bytes -= e.cost
 	return e
 }
 
-// Flight is an in-progress fetch of one key.
+// Flight is an in-progress fetch of one or more keys by one leader.
 type Flight struct {
-	done   chan struct{}
-	val    []byte
-	origin Origin
-	err    error
+	done    chan struct{}
+	entries []*entry // pending entries, by index; nil once resolved
+	waiters int      // under Cache.mu
+	vals    [][]byte // private copies of the values, when there were waiters
+	origin  Origin
+	err     error
 }
 
-// Wait blocks until the leader completes and returns its value or error.
-func (f *Flight) Wait() ([]byte, Origin, error) {
+// Wait blocks until the leader resolves f, copies the value of f's i-th key
+// (Req.Index) into dst (as much as fits) and returns the value's length.
+func (f *Flight) Wait(i int, dst []byte) (int, Origin, error) {
 	<-f.done
-	return f.val, f.origin, f.err
+	if f.err != nil {
+		return 0, 0, f.err
+	}
+	v := f.vals[i]
+	copy(dst, v)
+	return len(v), f.origin, nil
 }
+
+// State is the outcome of a lookup.
+type State uint8
+
+const (
+	Miss State = iota // (only inside Acquire)
+	Hit               // the value was copied to Dst
+	Lead              // the caller must fetch the key and resolve Flight
+	Wait              // another caller is fetching it: Flight.Wait(Index, ...)
+)
+
+// Req is one key of a batch lookup (Acquire).
+type Req struct {
+	Key Key
+	Dst []byte // on a hit the value is copied here (as much as fits); may be nil
+
+	State  State
+	Len    int     // Hit: the value's length
+	Origin Origin  // Hit: who filled it
+	Flight *Flight // Lead, Wait
+	Index  int     // Lead, Wait: the key's index in Flight
+}
+
+// spareMax bounds the recycled entries kept for reuse.
+const spareMax = 1024
 
 // Cache is safe for concurrent use.
 type Cache struct {
 	capacity  int64
 	smallMax  int64
+	slotSize  int
+	nslots    int32
 	ghostMax  int
 	mu        sync.RWMutex
-	m         map[Key]*entry
+	m         map[Key]*entry // stored, pending (fl != nil) and ghost entries
 	small     list
 	main      list
-	ghost     map[Key]uint64 // key -> sequence number in ghostRing
-	ghostRing []Key
-	ghostHead uint64 // next sequence number to write
-	flights   map[Key]*Flight
+	ghostRing []*entry // ghost FIFO; a slot is live if its entry is still that ghost
+	ghostHead uint64   // next sequence number to write
+	slab      *slab
+	freeSlots []int32
+	nextSlot  int32    // slots >= nextSlot were never used
+	spare     []*entry // evicted entries for reuse
+	heapBytes int64    // values stored on the heap (larger than a slot)
 
 	hits, misses, inserts, evictions atomic.Uint64
 }
 
 // New returns a cache holding at most capacity bytes of values. pageHint is
-// the typical value size, used to size the ghost FIFO (0: 4096).
+// the page (slot) size: values up to it take one slot (0: 4096).
 func New(capacity int64, pageHint int) *Cache {
 	if pageHint <= 0 {
 		pageHint = 4096
 	}
 	g := int(capacity / int64(pageHint))
 	g = max(g, 16)
-	return &Cache{
-		capacity:  capacity,
+	c := &Cache{
+		capacity:  max(capacity, 0),
 		smallMax:  max(capacity/10, int64(pageHint)),
+		slotSize:  pageHint,
 		ghostMax:  g,
 		m:         make(map[Key]*entry),
-		ghost:     make(map[Key]uint64),
-		ghostRing: make([]Key, g),
-		flights:   make(map[Key]*Flight),
+		ghostRing: make([]*entry, g),
 	}
+	if n := capacity / int64(pageHint); n > 0 {
+		c.nslots = int32(min(n, 1<<31-1))
+		c.slab = newSlab(pageHint, int(c.nslots))
+		track(c, c.slab)
+	}
+	return c
 }
 
 // Capacity returns the byte bound.
 func (c *Cache) Capacity() int64 { return c.capacity }
 
-// Get returns the cached value of k without starting a fetch.
-func (c *Cache) Get(k Key) ([]byte, Origin, bool) {
+// PageSize returns the slot size given to New.
+func (c *Cache) PageSize() int { return c.slotSize }
+
+// Get copies the cached value of k into dst (as much as fits) without
+// starting a fetch and returns the value's length.
+func (c *Cache) Get(k Key, dst []byte) (int, Origin, bool) {
 	c.mu.RLock()
 	e := c.m[k]
-	if e != nil {
-		touch(e)
-		v, o := e.val, e.origin
+	if e == nil || e.val == nil { // absent, pending or a ghost
 		c.mu.RUnlock()
-		c.hits.Add(1)
-		return v, o, true
+		return 0, 0, false
 	}
+	touch(e)
+	copy(dst, e.val)
+	n, o := len(e.val), e.origin
 	c.mu.RUnlock()
-	return nil, 0, false
+	c.hits.Add(1)
+	return n, o, true
 }
 
 func touch(e *entry) {
@@ -172,80 +238,198 @@ func touch(e *entry) {
 	}
 }
 
-// Acquire looks k up. On a hit it returns the value (ok=true). On a miss it
-// returns a Flight: if leader is true the caller must fetch the page and
-// call Complete or Fail on it, before waiting on any other Flight; otherwise
-// another caller is fetching it and the caller should Wait.
-func (c *Cache) Acquire(k Key) (val []byte, origin Origin, ok bool, f *Flight, leader bool) {
-	if v, o, ok := c.Get(k); ok {
-		return v, o, true, nil, false
+// Acquire looks up every req's key: one pass under the read lock copies
+// the hits out, one pass under the write lock sorts the rest into Wait (on
+// another caller's Flight) or Lead. Consecutive Lead reqs share one Flight,
+// which the caller must resolve with Complete or Fail before it waits on
+// any other Flight (its own included: a key twice in a batch waits on the
+// first's Flight).
+func (c *Cache) Acquire(reqs []Req) {
+	missing, hits := 0, uint64(0)
+	c.mu.RLock()
+	for i := range reqs {
+		r := &reqs[i]
+		r.Flight, r.Index, r.Len, r.Origin = nil, 0, 0, 0
+		if e := c.m[r.Key]; e != nil && e.val != nil {
+			touch(e)
+			copy(r.Dst, e.val)
+			r.State, r.Len, r.Origin = Hit, len(e.val), e.origin
+			hits++
+		} else {
+			r.State = Miss
+			missing++
+		}
 	}
-	c.mu.Lock()
-	if e := c.m[k]; e != nil { // filled between the two locks
-		touch(e)
-		v, o := e.val, e.origin
+	c.mu.RUnlock()
+	var leads uint64
+	if missing > 0 {
+		var lead *Flight
+		c.mu.Lock()
+		for i := range reqs {
+			r := &reqs[i]
+			if r.State != Miss {
+				lead = nil
+				continue
+			}
+			e := c.m[r.Key]
+			switch {
+			case e == nil || e.q == qGhost:
+				if lead == nil {
+					lead = &Flight{done: make(chan struct{})}
+				}
+				if e == nil {
+					e = c.newEntry(r.Key)
+					c.m[r.Key] = e
+				} else { // the ghost's ring slot dies with qGhost
+					e.q, e.ghost = qNone, true
+				}
+				e.fl, e.fi = lead, int32(len(lead.entries))
+				lead.entries = append(lead.entries, e)
+				r.State, r.Flight, r.Index = Lead, lead, int(e.fi)
+				leads++
+				continue
+			case e.fl != nil:
+				e.fl.waiters++
+				r.State, r.Flight, r.Index = Wait, e.fl, int(e.fi)
+			default: // filled between the two locks
+				touch(e)
+				copy(r.Dst, e.val)
+				r.State, r.Len, r.Origin = Hit, len(e.val), e.origin
+			}
+			hits++
+			lead = nil
+		}
 		c.mu.Unlock()
-		c.hits.Add(1)
-		return v, o, true, nil, false
 	}
-	if f := c.flights[k]; f != nil {
-		c.mu.Unlock()
-		c.hits.Add(1)
-		return nil, 0, false, f, false
+	if hits > 0 {
+		c.hits.Add(hits)
 	}
-	f = &Flight{done: make(chan struct{})}
-	c.flights[k] = f
-	c.mu.Unlock()
-	c.misses.Add(1)
-	return nil, 0, false, f, true
+	if leads > 0 {
+		c.misses.Add(leads)
+	}
 }
 
-// Complete stores val under k (the leader's fetch succeeded) and releases
-// the waiters. The cache keeps val: the caller must not modify it.
-func (c *Cache) Complete(k Key, f *Flight, val []byte, origin Origin) {
-	f.val, f.origin = val, origin
+// Complete stores vals[i] (copied) as the value of f's i-th key and
+// releases the waiters. The caller may reuse vals' arrays afterwards.
+func (c *Cache) Complete(f *Flight, vals [][]byte, origin Origin) {
 	c.mu.Lock()
-	if c.flights[k] == f {
-		delete(c.flights, k)
+	waiters := f.waiters
+	for i, e := range f.entries { // pending entries stay in c.m until now
+		e.fl = nil
+		if !c.store(e, vals[i], origin) {
+			delete(c.m, e.key)
+			c.recycle(e)
+		}
 	}
-	if c.capacity > 0 && int64(len(val)) <= c.capacity && c.m[k] == nil {
-		c.insert(k, val, origin)
-	}
+	f.entries = nil
 	c.mu.Unlock()
+	if waiters > 0 {
+		f.vals = make([][]byte, len(vals))
+		for i, v := range vals {
+			f.vals[i] = append([]byte(nil), v...)
+		}
+	}
+	f.origin = origin
 	close(f.done)
 }
 
-// Fail releases the waiters with err; nothing is stored.
-func (c *Cache) Fail(k Key, f *Flight, err error) {
+// Fail releases f's waiters with err; nothing is stored.
+func (c *Cache) Fail(f *Flight, err error) {
+	c.mu.Lock()
+	for _, e := range f.entries {
+		e.fl = nil
+		if c.m[e.key] == e {
+			delete(c.m, e.key)
+		}
+		c.recycle(e)
+	}
+	f.entries = nil
+	c.mu.Unlock()
 	f.err = err
-	c.mu.Lock()
-	if c.flights[k] == f {
-		delete(c.flights, k)
-	}
-	c.mu.Unlock()
 	close(f.done)
 }
 
-// insert adds a new entry; c.mu is held.
-func (c *Cache) insert(k Key, val []byte, origin Origin) {
-	e := &entry{key: k, val: val, origin: origin}
-	if _, ghost := c.ghost[k]; ghost {
-		delete(c.ghost, k)
+func (c *Cache) newEntry(k Key) *entry {
+	var e *entry
+	if n := len(c.spare); n > 0 {
+		e = c.spare[n-1]
+		c.spare = c.spare[:n-1]
+	} else {
+		e = &entry{slot: -1}
+	}
+	e.key = k
+	return e
+}
+
+// release frees e's value.
+func (c *Cache) release(e *entry) {
+	if e.slot >= 0 {
+		c.freeSlots = append(c.freeSlots, e.slot)
+	} else if e.val != nil {
+		c.heapBytes -= e.cost
+	}
+	e.val, e.slot, e.cost = nil, -1, 0
+}
+
+// recycle keeps e for reuse; e is in no list and not in c.m.
+func (c *Cache) recycle(e *entry) {
+	c.release(e)
+	*e = entry{slot: -1}
+	if len(c.spare) < spareMax {
+		c.spare = append(c.spare, e)
+	}
+}
+
+// store gives the pending entry e the value v, evicting as needed; false:
+// v cannot be stored. c.mu is held.
+func (c *Cache) store(e *entry, v []byte, origin Origin) bool {
+	cost, slotted := int64(c.slotSize), len(v) <= c.slotSize && c.slab != nil
+	if !slotted {
+		cost = int64(len(v))
+	}
+	if cost > c.capacity || c.capacity == 0 {
+		return false
+	}
+	for c.small.bytes+c.main.bytes+cost > c.capacity {
+		switch {
+		case c.small.tail == nil && c.main.tail == nil:
+			return false
+		case c.small.bytes > c.smallMax || c.main.tail == nil:
+			c.evictSmall()
+		default:
+			c.evictMain()
+		}
+	}
+	var buf []byte
+	if slotted {
+		// The bound leaves a slot free: used slots * slotSize <= resident
+		// bytes <= capacity - slotSize.
+		var s int32
+		if n := len(c.freeSlots); n > 0 {
+			s = c.freeSlots[n-1]
+			c.freeSlots = c.freeSlots[:n-1]
+		} else {
+			s = c.nextSlot
+			c.nextSlot++
+		}
+		buf, e.slot = c.slab.slot(s), s
+	} else {
+		buf, e.slot = make([]byte, len(v)), -1
+		c.heapBytes += cost
+	}
+	copy(buf, v)
+	e.val, e.cost, e.origin = buf[:len(v)], cost, origin
+	e.freq.Store(0)
+	if e.ghost {
+		e.ghost = false
 		e.q = qMain
 		c.main.push(e)
 	} else {
 		e.q = qSmall
 		c.small.push(e)
 	}
-	c.m[k] = e
 	c.inserts.Add(1)
-	for c.small.bytes+c.main.bytes > c.capacity {
-		if c.small.bytes > c.smallMax || c.main.tail == nil {
-			c.evictSmall()
-		} else {
-			c.evictMain()
-		}
-	}
+	return true
 }
 
 func (c *Cache) evictSmall() {
@@ -259,8 +443,10 @@ func (c *Cache) evictSmall() {
 		c.main.push(e)
 		return
 	}
-	c.drop(e)
-	c.addGhost(e.key)
+	// It leaves; its key stays in c.m as a ghost.
+	c.release(e)
+	c.evictions.Add(1)
+	c.addGhost(e)
 }
 
 func (c *Cache) evictMain() {
@@ -279,33 +465,42 @@ func (c *Cache) evictMain() {
 	}
 }
 
+// drop removes an evicted entry. Nobody outside the cache holds its value
+// (lookups copy under the lock), so its slot is free for the next store.
 func (c *Cache) drop(e *entry) {
 	delete(c.m, e.key)
-	e.q = qNone
 	c.evictions.Add(1)
+	c.recycle(e)
 }
 
-func (c *Cache) addGhost(k Key) {
+// addGhost makes e a ghost, forgetting the oldest ghost if the ring is
+// full. A ring slot whose entry has since been fetched again (no longer
+// qGhost) or recycled and reused (another gseq) is dead.
+func (c *Cache) addGhost(e *entry) {
 	seq := c.ghostHead
-	slot := int(seq % uint64(len(c.ghostRing)))
-	if seq >= uint64(len(c.ghostRing)) {
-		old := c.ghostRing[slot]
-		if s, ok := c.ghost[old]; ok && s == seq-uint64(len(c.ghostRing)) {
-			delete(c.ghost, old)
-		}
+	n := uint64(len(c.ghostRing))
+	slot := seq % n
+	if old := c.ghostRing[slot]; old != nil && old.q == qGhost && old.gseq == seq-n {
+		delete(c.m, old.key)
+		c.recycle(old)
 	}
-	c.ghostRing[slot] = k
-	c.ghost[k] = seq
+	c.ghostRing[slot] = e
+	e.q, e.gseq = qGhost, seq
 	c.ghostHead++
 }
 
 // Stats returns a snapshot of the counters.
 func (c *Cache) Stats() Stats {
 	c.mu.RLock()
-	res, n := c.small.bytes+c.main.bytes, int64(len(c.m))
+	res := c.small.bytes + c.main.bytes
+	ins, ev := c.inserts.Load(), c.evictions.Load()
+	alloc := c.heapBytes
+	if c.slab != nil {
+		alloc += c.slab.bytes
+	}
 	c.mu.RUnlock()
 	return Stats{
-		Hits: c.hits.Load(), Misses: c.misses.Load(), Inserts: c.inserts.Load(),
-		Evictions: c.evictions.Load(), ResidentBytes: res, Entries: n, Capacity: c.capacity,
+		Hits: c.hits.Load(), Misses: c.misses.Load(), Inserts: ins,
+		Evictions: ev, ResidentBytes: res, AllocatedBytes: alloc, Entries: int64(ins - ev), Capacity: c.capacity,
 	}
 }

@@ -8,28 +8,42 @@ import (
 	"testing"
 )
 
-func fill(t *testing.T, c *Cache, k Key, v []byte) {
+func fill(t testing.TB, c *Cache, k Key, v []byte) {
 	t.Helper()
-	_, _, ok, f, leader := c.Acquire(k)
-	if ok || !leader {
-		t.Fatalf("key %v: want a leader miss, got ok=%v leader=%v", k, ok, leader)
+	r := acquire(c, k, nil)
+	if r.State != Lead {
+		t.Fatalf("key %v: want a leader miss, got state %d", k, r.State)
 	}
-	c.Complete(k, f, v, 7)
+	c.Complete(r.Flight, [][]byte{v}, 7)
+}
+
+// acquire looks one key up.
+func acquire(c *Cache, k Key, dst []byte) Req {
+	r := []Req{{Key: k, Dst: dst}}
+	c.Acquire(r)
+	return r[0]
+}
+
+func has(c *Cache, k Key) bool {
+	_, _, ok := c.Get(k, nil)
+	return ok
 }
 
 func TestHitMissOrigin(t *testing.T) {
 	c := New(1<<20, 4096)
 	k := Key{ID: 1, Index: 2}
 	fill(t, c, k, []byte("hello"))
-	v, o, ok, _, _ := c.Acquire(k)
-	if !ok || string(v) != "hello" || o != 7 {
-		t.Fatalf("got %q %d %v", v, o, ok)
+	v := make([]byte, 5)
+	r := acquire(c, k, v)
+	if r.State != Hit || r.Len != 5 || string(v) != "hello" || r.Origin != 7 {
+		t.Fatalf("got %q %+v", v, r)
 	}
-	if _, _, ok := c.Get(Key{ID: 1, Index: 3}); ok {
+	if has(c, Key{ID: 1, Index: 3}) {
 		t.Fatal("hit on an absent key")
 	}
 	s := c.Stats()
-	if s.Hits != 1 || s.Misses != 1 || s.ResidentBytes != 5 || s.Entries != 1 {
+	// A small value takes (and counts) a whole page slot.
+	if s.Hits != 1 || s.Misses != 1 || s.ResidentBytes != 4096 || s.Entries != 1 {
 		t.Fatalf("stats %+v", s)
 	}
 }
@@ -53,7 +67,7 @@ func TestZeroCapacityStoresNothing(t *testing.T) {
 	c := New(0, 4096)
 	k := Key{ID: 1}
 	fill(t, c, k, []byte("x"))
-	if _, _, ok := c.Get(k); ok {
+	if has(c, k) {
 		t.Fatal("zero-capacity cache kept a value")
 	}
 }
@@ -67,7 +81,7 @@ func TestScanResistance(t *testing.T) {
 	for round := 0; round < 3; round++ {
 		for i := 0; i < hot; i++ {
 			k := Key{ID: 1, Index: uint64(i)}
-			if _, _, ok := c.Get(k); !ok {
+			if !has(c, k) {
 				fill(t, c, k, page)
 			}
 		}
@@ -77,7 +91,7 @@ func TestScanResistance(t *testing.T) {
 	}
 	kept := 0
 	for i := 0; i < hot; i++ {
-		if _, _, ok := c.Get(Key{ID: 1, Index: uint64(i)}); ok {
+		if has(c, Key{ID: 1, Index: uint64(i)}) {
 			kept++
 		}
 	}
@@ -98,21 +112,26 @@ func TestSingleflight(t *testing.T) {
 		go func() {
 			defer wg.Done()
 			<-start
-			v, _, ok, f, leader := c.Acquire(k)
-			switch {
-			case ok:
-			case leader:
+			v := make([]byte, 4096)
+			r := acquire(c, k, v)
+			n := r.Len
+			switch r.State {
+			case Hit:
+			case Lead:
 				fetches.Add(1)
-				v = bytes.Repeat([]byte{1}, 4096)
-				c.Complete(k, f, v, 1)
+				src := bytes.Repeat([]byte{1}, 4096)
+				c.Complete(r.Flight, [][]byte{src}, 1)
+				clear(src) // the cache keeps its own copy
+				copy(v, bytes.Repeat([]byte{1}, 4096))
+				n = 4096
 			default:
 				var err error
-				if v, _, err = f.Wait(); err != nil {
+				if n, _, err = r.Flight.Wait(r.Index, v); err != nil {
 					t.Error(err)
 				}
 			}
-			if len(v) != 4096 || v[0] != 1 {
-				t.Errorf("bad value len %d", len(v))
+			if n != 4096 || !bytes.Equal(v, bytes.Repeat([]byte{1}, 4096)) {
+				t.Errorf("bad value len %d", n)
 			}
 		}()
 	}
@@ -126,20 +145,20 @@ func TestSingleflight(t *testing.T) {
 func TestFailReleasesWaiters(t *testing.T) {
 	c := New(1<<20, 4096)
 	k := Key{ID: 1}
-	_, _, _, f, leader := c.Acquire(k)
-	if !leader {
+	r := acquire(c, k, nil)
+	if r.State != Lead {
 		t.Fatal("want leader")
 	}
-	_, _, _, f2, leader2 := c.Acquire(k)
-	if leader2 || f2 != f {
+	r2 := acquire(c, k, nil)
+	if r2.State != Wait || r2.Flight != r.Flight {
 		t.Fatal("second acquire should wait on the first flight")
 	}
 	boom := errors.New("boom")
-	c.Fail(k, f, boom)
-	if _, _, err := f2.Wait(); !errors.Is(err, boom) {
+	c.Fail(r.Flight, boom)
+	if _, _, err := r2.Flight.Wait(r2.Index, nil); !errors.Is(err, boom) {
 		t.Fatalf("err %v", err)
 	}
-	if _, _, _, _, leader := c.Acquire(k); !leader {
+	if r := acquire(c, k, nil); r.State != Lead {
 		t.Fatal("after a failure the next caller leads a new fetch")
 	}
 }
@@ -148,14 +167,86 @@ func BenchmarkHit(b *testing.B) {
 	c := New(64<<20, 4096)
 	page := make([]byte, 4096)
 	for i := 0; i < 1024; i++ {
-		_, _, _, f, _ := c.Acquire(Key{ID: 1, Index: uint64(i)})
-		c.Complete(Key{ID: 1, Index: uint64(i)}, f, page, 0)
+		fill(b, c, Key{ID: 1, Index: uint64(i)}, page)
 	}
 	b.RunParallel(func(pb *testing.PB) {
 		i := 0
+		dst := make([]byte, 4096)
 		for pb.Next() {
-			c.Get(Key{ID: 1, Index: uint64(i & 1023)})
+			c.Get(Key{ID: 1, Index: uint64(i & 1023)}, dst)
 			i++
 		}
 	})
+}
+
+// Slots are reused as pages are evicted: every value read back is the one
+// stored under its key, values of any length up to a page, and the memory
+// allocated for values never exceeds the capacity.
+func TestSlotReuse(t *testing.T) {
+	const capacity = 64 * 4096
+	c := New(capacity, 4096)
+	val := func(i int) []byte {
+		return bytes.Repeat([]byte{byte(i), byte(i >> 8)}, 2048)[:1+i%4096]
+	}
+	dst := make([]byte, 4096)
+	for i := 0; i < 5000; i++ {
+		fill(t, c, Key{ID: 3, Index: uint64(i)}, val(i))
+		if i%7 == 0 { // some hits, so main is used too
+			for j := max(0, i-40); j <= i; j += 5 {
+				c.Get(Key{ID: 3, Index: uint64(j)}, dst)
+			}
+		}
+	}
+	present := 0
+	for i := 0; i < 5000; i++ {
+		n, o, ok := c.Get(Key{ID: 3, Index: uint64(i)}, dst)
+		if !ok {
+			continue
+		}
+		present++
+		if want := val(i); n != len(want) || !bytes.Equal(dst[:n], want) || o != 7 {
+			t.Fatalf("key %d: got %d bytes, want %d (origin %d)", i, n, len(want), o)
+		}
+	}
+	s := c.Stats()
+	if present != int(s.Entries) || s.ResidentBytes > capacity || s.AllocatedBytes > capacity {
+		t.Fatalf("present %d, stats %+v", present, s)
+	}
+}
+
+// A batch of misses is one Flight; keys already cached or being fetched
+// split it, and a key twice in a batch waits on its own first copy.
+func TestBatchFlights(t *testing.T) {
+	c := New(1<<20, 4096)
+	fill(t, c, Key{ID: 1, Index: 2}, []byte("two"))
+	other := acquire(c, Key{ID: 1, Index: 4}, nil) // someone else is fetching 4
+	reqs := make([]Req, 7)
+	for i := range 6 {
+		reqs[i] = Req{Key: Key{ID: 1, Index: uint64(i)}, Dst: make([]byte, 8)}
+	}
+	reqs[6] = Req{Key: Key{ID: 1, Index: 0}, Dst: make([]byte, 8)}
+	c.Acquire(reqs)
+	want := []State{Lead, Lead, Hit, Lead, Wait, Lead, Wait}
+	for i, r := range reqs {
+		if r.State != want[i] {
+			t.Fatalf("req %d: state %d, want %d", i, r.State, want[i])
+		}
+	}
+	if reqs[0].Flight != reqs[1].Flight || reqs[1].Index != 1 || reqs[3].Flight == reqs[0].Flight ||
+		reqs[6].Flight != reqs[0].Flight || reqs[6].Index != 0 || reqs[4].Flight != other.Flight {
+		t.Fatal("flights not grouped by runs")
+	}
+	c.Complete(reqs[0].Flight, [][]byte{[]byte("zero"), []byte("one")}, 1)
+	c.Complete(reqs[3].Flight, [][]byte{[]byte("three")}, 1)
+	c.Complete(reqs[5].Flight, [][]byte{[]byte("five")}, 1)
+	c.Complete(other.Flight, [][]byte{[]byte("four")}, 2)
+	if n, o, err := reqs[6].Flight.Wait(reqs[6].Index, reqs[6].Dst); err != nil || string(reqs[6].Dst[:n]) != "zero" || o != 1 {
+		t.Fatalf("self wait: %q %v", reqs[6].Dst[:n], err)
+	}
+	if n, o, err := reqs[4].Flight.Wait(reqs[4].Index, reqs[4].Dst); err != nil || string(reqs[4].Dst[:n]) != "four" || o != 2 {
+		t.Fatalf("wait: %q %v", reqs[4].Dst[:n], err)
+	}
+	if string(reqs[2].Dst[:reqs[2].Len]) != "two" {
+		t.Fatal("hit not copied")
+	}
 }
