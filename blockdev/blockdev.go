@@ -1,10 +1,14 @@
 // Package blockdev holds the one narrow interface every layer of erofs-blockd
 // speaks: a read-only block device is an io.ReaderAt with a size. Optional
-// interfaces let a device describe holes (for NBD_CMD_BLOCK_STATUS) and accept
-// prefetch hints (for NBD_CMD_CACHE). It owns no behaviour.
+// interfaces let a device describe holes (for NBD_CMD_BLOCK_STATUS), accept
+// prefetch hints (for NBD_CMD_CACHE) and name the file behind a range (for
+// zero-copy sends). It owns no behaviour.
 package blockdev
 
-import "io"
+import (
+	"io"
+	"os"
+)
 
 // Device is a read-only, fixed-size block device. ReadAt must be safe for
 // concurrent use and must return io.EOF only past Size.
@@ -30,4 +34,14 @@ type Mapper interface {
 // Prefetcher is implemented by devices that can warm a cache for a range.
 type Prefetcher interface {
 	Prefetch(off, length int64) error
+}
+
+// FileRanger is implemented by devices that can name the file holding a
+// range, so a server can send it with sendfile(2) instead of reading it.
+// ok is true only when the device's bytes [off, off+length) are exactly
+// f's bytes [fileOff, fileOff+length) as of composition: no overlay, hole,
+// padding, cache or other transformation in between. The file may since
+// have been truncated; callers must check.
+type FileRanger interface {
+	FileRange(off, length int64) (f *os.File, fileOff int64, ok bool)
 }

@@ -4,6 +4,7 @@ import (
 	"bufio"
 	"net"
 	"sync"
+	"syscall"
 	"time"
 
 	"github.com/erofs-blockd/erofs-blockd/blockdev"
@@ -32,22 +33,26 @@ type conn struct {
 	dev        blockdev.Device
 	mapper     blockdev.Mapper
 	prefetcher blockdev.Prefetcher
-	devSize    int64 // Device.Size()
-	size       int64 // readable range (devSize, or KernelSize on the kernel path)
+	ranger     blockdev.FileRanger // zero-copy READs; nil with TLS
+	devSize    int64               // Device.Size()
+	size       int64               // readable range (devSize, or KernelSize on the kernel path)
 	structured bool
 	metaAlloc  bool
 	flags      uint16
 
 	// transmission machinery
 	hdr      [requestHdrLen]byte
-	scratch  [replyScratch]byte // reader-owned reply buffer for inline replies
 	work     chan request
 	nworkers int
 	wg       sync.WaitGroup
 
-	wmu          sync.Mutex
-	werr         error
-	writeTimeout time.Duration // per reply; 0: none (kernel path)
+	// reply queue (sendq.go)
+	qmu          sync.Mutex
+	queue, spare []reply
+	writing      bool          // a goroutine is writing batches from queue
+	werr         error         // first write error
+	iov          net.Buffers   // writer-owned
+	writeTimeout time.Duration // per batch of replies; 0: none (kernel path)
 
 	lingerAfterReply bool // drain input before closing (see linger)
 
@@ -147,6 +152,9 @@ func (c *conn) setupTransmission(e *Export, structured, meta, kernel bool) {
 	c.dev = e.Device
 	c.mapper, _ = e.Device.(blockdev.Mapper)
 	c.prefetcher, _ = e.Device.(blockdev.Prefetcher)
+	if _, sock := c.raw.(syscall.Conn); sock && c.nc == c.raw { // not with TLS
+		c.ranger, _ = e.Device.(blockdev.FileRanger)
+	}
 	c.devSize = e.Device.Size()
 	c.size = c.devSize
 	if kernel {

@@ -57,9 +57,21 @@
 // goroutine per connection decodes requests; READ, CACHE and BLOCK_STATUS
 // run on up to MaxInFlight workers (holding at most max(64 MiB, 2*MaxRequest)
 // of READ buffers per connection), so replies can leave out of order, but
-// each reply is one complete write under a lock. A READ is read entirely
-// from the device into a pooled buffer first, so a device error becomes an
-// EIO reply and the connection survives; bad ranges get EINVAL. WRITE
+// never interleave. Finished replies join a per-connection queue; the
+// goroutine that finds no write in progress becomes the writer and sends
+// everything queued, one writev per batch under one write deadline
+// (WriteTimeout), so under load there is one write syscall per batch
+// rather than per request; READ buffers and their budget are released
+// once written. Transmission sockets ask for a 4 MiB SO_SNDBUF (capped by
+// net.core.wmem_max). READs of at least 64 KiB that the device maps to one
+// file (blockdev.FileRanger, e.g. inside one flatdev blob read directly
+// from its *os.File) are sent zero-copy: header, then sendfile(2) from the
+// file, never with TLS. The file's size is checked (fstat) first, and a
+// too-short file takes the normal path (EIO); if it shrinks after that,
+// the header is already committed, so the connection is closed (and the
+// rate-limited backend log says why) rather than sending wrong bytes.
+// Otherwise a READ is read entirely from the device into a pooled buffer
+// first, so a device error becomes an EIO reply and the connection survives; bad ranges get EINVAL. WRITE
 // (payload skipped), TRIM and WRITE_ZEROES get EPERM; FLUSH succeeds; CACHE
 // calls blockdev.Prefetcher when the device has it; unknown commands get
 // EINVAL. NBD_CMD_DISC and Shutdown finish in-flight requests before closing.

@@ -43,7 +43,9 @@ type Config struct {
 	// connections (each connection also has its own bound). Default
 	// 512 MiB, at least 2*MaxRequest.
 	MaxBufferBytes int64
-	// WriteTimeout bounds the writing of one reply on connections accepted
+	// WriteTimeout bounds the writing of one batch of replies (one reply,
+	// or those that finished while the previous batch was written; at most
+	// the connection's READ budget) on connections accepted
 	// by Serve or ServeConn: a client that stops reading its replies is
 	// disconnected instead of pinning buffers and workers. Default 60s.
 	// The kernel path (ServeTransmission) has no write timeout.
@@ -262,6 +264,7 @@ func KernelSize(size int64) int64 {
 
 func (s *Server) serve(ctx context.Context, nc net.Conn, exportName string, kernel bool) (err error) {
 	c := &conn{srv: s, raw: nc, nc: nc, remote: remoteName(nc)}
+	setSendBuffer(nc)
 	if !kernel {
 		c.writeTimeout = s.cfg.WriteTimeout
 	}

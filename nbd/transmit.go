@@ -11,7 +11,8 @@ import (
 
 // transmit runs the transmission phase: this goroutine decodes requests,
 // answers cheap ones inline and hands READ, CACHE and BLOCK_STATUS to up to
-// MaxInFlight workers. Replies go out whole, one write each, under wmu.
+// MaxInFlight workers. Replies go out whole through the reply queue
+// (sendq.go), batched into one writev when several are ready.
 func (c *conn) transmit() error {
 	c.enterTransmission()
 	if c.br == nil {
@@ -86,12 +87,6 @@ func (c *conn) readLoop() error {
 	}
 }
 
-func (c *conn) writeFailed() bool {
-	c.wmu.Lock()
-	defer c.wmu.Unlock()
-	return c.werr != nil
-}
-
 // inline answers a request from the reader goroutine.
 func (c *conn) inline(r request, errno uint32, msg string) {
 	obs := c.srv.cfg.Observer
@@ -100,7 +95,7 @@ func (c *conn) inline(r request, errno uint32, msg string) {
 		obs.RequestStart(c.exp.Name, r.typ, r.length)
 		t0 = time.Now()
 	}
-	c.replyStatus(c.scratch[:], r, errno, msg)
+	c.replyStatus(r, errno, msg)
 	if obs != nil {
 		obs.RequestDone(RequestInfo{Export: c.exp.Name, Command: r.typ, Offset: r.offset,
 			Length: r.length, Errno: errno, Duration: time.Since(t0)})
@@ -125,28 +120,15 @@ func (c *conn) dispatch(r request) {
 	c.work <- r
 }
 
-// send writes one complete reply. After the first write error every later
-// reply is dropped and the connection is closed so the reader stops.
-func (c *conn) send(b []byte) {
-	c.wmu.Lock()
-	if c.werr == nil {
-		if c.writeTimeout > 0 {
-			c.raw.SetWriteDeadline(time.Now().Add(c.writeTimeout))
-		}
-		if _, err := c.nc.Write(b); err != nil {
-			c.werr = err
-			c.raw.Close()
-		}
-	}
-	c.wmu.Unlock()
-}
-
 // replyStatus sends a reply without payload: a simple reply, or with
 // structured replies an error chunk for failures.
-func (c *conn) replyStatus(buf []byte, r request, errno uint32, msg string) {
+func (c *conn) replyStatus(r request, errno uint32, msg string) {
+	var rp reply
+	buf := rp.small[:]
 	if errno == 0 || !c.structured {
 		putSimpleReply(buf, errno, r.cookie)
-		c.send(buf[:simpleHdrLen])
+		rp.n = simpleHdrLen
+		c.enqueue(&rp)
 		return
 	}
 	if len(msg) > len(buf)-structHdrLen-6 {
@@ -155,8 +137,8 @@ func (c *conn) replyStatus(buf []byte, r request, errno uint32, msg string) {
 	putChunkHeader(buf, replyFlagDone, replyTypeError, r.cookie, uint32(6+len(msg)))
 	binary.BigEndian.PutUint32(buf[20:24], errno)
 	binary.BigEndian.PutUint16(buf[24:26], uint16(len(msg)))
-	n := copy(buf[26:], msg)
-	c.send(buf[:26+n])
+	rp.n = 26 + copy(buf[26:], msg)
+	c.enqueue(&rp)
 }
 
 // checkRange validates offset and length against the readable range.
@@ -175,9 +157,7 @@ func (c *conn) checkRange(r request) (uint32, string) {
 
 // worker serves requests handed over by the reader.
 type worker struct {
-	c       *conn
-	scratch [replyScratch]byte
-	bs      []byte // block status reply buffer
+	c *conn
 }
 
 func (w *worker) run(first request) {
@@ -197,13 +177,16 @@ func (w *worker) handle(r request) {
 		t0 = time.Now()
 	}
 	var errno uint32
+	handed := false // the READ budget went to the reply queue with the buffer
 	defer func() {
-		c.release(c.readCost(r))
+		if !handed {
+			c.release(c.readCost(r))
+		}
 		// A panicking device must not take the whole server down.
 		if p := recover(); p != nil {
 			c.srv.log.Error("nbd: panic serving request", "export", c.exp.Name, "command", r.typ.String(), "offset", r.offset, "panic", p)
 			errno = EIO
-			c.replyStatus(w.scratch[:], r, EIO, "internal error")
+			c.replyStatus(r, EIO, "internal error")
 			if obs != nil {
 				obs.RequestDone(RequestInfo{Export: c.exp.Name, Command: r.typ, Offset: r.offset,
 					Length: r.length, Errno: errno, Duration: time.Since(t0)})
@@ -212,7 +195,7 @@ func (w *worker) handle(r request) {
 	}()
 	switch r.typ {
 	case CmdRead:
-		errno = w.read(r)
+		errno, handed = w.read(r)
 	case CmdCache:
 		errno = w.cache(r)
 	case CmdBlockStatus:
@@ -224,17 +207,21 @@ func (w *worker) handle(r request) {
 	}
 }
 
-// read reads the whole range first and then sends header and data in one
-// write from a pooled buffer that has room for the header in front.
-func (w *worker) read(r request) uint32 {
+// read reads the whole range first and then queues header and data as one
+// reply in a pooled buffer that has room for the header in front. handed
+// reports that the buffer and its budget now belong to the reply queue.
+func (w *worker) read(r request) (errno uint32, handed bool) {
 	c := w.c
 	if errno, msg := c.checkRange(r); errno != 0 {
-		c.replyStatus(w.scratch[:], r, errno, msg)
-		return errno
+		c.replyStatus(r, errno, msg)
+		return errno, false
 	}
 	if r.length > c.srv.cfg.MaxRequest {
-		c.replyStatus(w.scratch[:], r, EINVAL, "read larger than maximum payload")
-		return EINVAL
+		c.replyStatus(r, EINVAL, "read larger than maximum payload")
+		return EINVAL, false
+	}
+	if r.length >= zeroCopyMin && c.ranger != nil && c.zeroCopy(r) {
+		return 0, false
 	}
 	n := int(r.length)
 	bp := c.srv.bufs.get(n)
@@ -243,8 +230,8 @@ func (w *worker) read(r request) uint32 {
 	if err := c.readAt(data, int64(r.offset)); err != nil {
 		c.srv.bufs.put(bp)
 		c.srv.logBackendErr("backend read", c.exp.Name, r.offset, r.length, err)
-		c.replyStatus(w.scratch[:], r, EIO, "backend read error")
-		return EIO
+		c.replyStatus(r, EIO, "backend read error")
+		return EIO, false
 	}
 	var out []byte
 	if c.structured {
@@ -255,9 +242,41 @@ func (w *worker) read(r request) uint32 {
 		out = buf[readHeadroom-simpleHdrLen : readHeadroom+n]
 		putSimpleReply(out, 0, r.cookie)
 	}
-	c.send(out)
-	c.srv.bufs.put(bp)
-	return 0
+	c.sendOwned(out, bp, c.readCost(r))
+	return 0, true
+}
+
+// zeroCopyMin is the smallest READ sent with sendfile(2) when the device
+// names the file behind it (blockdev.FileRanger); smaller ones are copied.
+const zeroCopyMin = 64 << 10
+
+// zeroCopy queues r's reply as a header followed by a file range sent with
+// sendfile, if the device maps the whole range to one file that still
+// holds it. Otherwise it returns false and the range is read as usual (so
+// a truncated file gets the read path's EIO reply).
+func (c *conn) zeroCopy(r request) bool {
+	off, n := int64(r.offset), int64(r.length)
+	if n > c.devSize-off {
+		return false // the kernel path's zero tail
+	}
+	f, foff, ok := c.ranger.FileRange(off, n)
+	if !ok {
+		return false
+	}
+	if st, err := f.Stat(); err != nil || st.Size() < foff+n {
+		return false
+	}
+	rp := reply{f: f, fOff: foff, fLen: n, req: r}
+	if c.structured {
+		putChunkHeader(rp.small[:], replyFlagDone, replyTypeData, r.cookie, uint32(8+n))
+		binary.BigEndian.PutUint64(rp.small[structHdrLen:], r.offset)
+		rp.n = structHdrLen + 8
+	} else {
+		putSimpleReply(rp.small[:], 0, r.cookie)
+		rp.n = simpleHdrLen
+	}
+	c.enqueue(&rp)
+	return true
 }
 
 // readAt fills data from the device at off; bytes past the device size
@@ -294,7 +313,7 @@ func (w *worker) cache(r request) uint32 {
 			}
 		}
 	}
-	c.replyStatus(w.scratch[:], r, errno, msg)
+	c.replyStatus(r, errno, msg)
 	return errno
 }
 
@@ -302,15 +321,15 @@ func (w *worker) cache(r request) uint32 {
 func (w *worker) blockStatus(r request) uint32 {
 	c := w.c
 	if !c.metaAlloc {
-		c.replyStatus(w.scratch[:], r, EINVAL, "no metadata context negotiated")
+		c.replyStatus(r, EINVAL, "no metadata context negotiated")
 		return EINVAL
 	}
 	if errno, msg := c.checkRange(r); errno != 0 {
-		c.replyStatus(w.scratch[:], r, errno, msg)
+		c.replyStatus(r, errno, msg)
 		return errno
 	}
 	off, end := int64(r.offset), int64(r.offset)+int64(r.length)
-	b := append(w.bs[:0], make([]byte, structHdrLen+4)...)
+	b := make([]byte, structHdrLen+4, structHdrLen+4+16*8) // owned by the queue once sent
 	ndesc := 0
 	var lastStatus uint32
 	add := func(length int64, status uint32) {
@@ -329,7 +348,7 @@ func (w *worker) blockStatus(r request) uint32 {
 		exts, err := c.mapper.Extents(off, int64(r.length))
 		if err != nil {
 			c.srv.logBackendErr("extent lookup", c.exp.Name, r.offset, r.length, err)
-			c.replyStatus(w.scratch[:], r, EIO, "extent lookup failed")
+			c.replyStatus(r, EIO, "extent lookup failed")
 			return EIO
 		}
 		for _, e := range exts {
@@ -359,10 +378,7 @@ func (w *worker) blockStatus(r request) uint32 {
 	}
 	putChunkHeader(b, replyFlagDone, replyTypeBS, r.cookie, uint32(len(b)-structHdrLen))
 	binary.BigEndian.PutUint32(b[structHdrLen:], metaAllocID)
-	c.send(b)
-	if cap(b) <= 64<<10 {
-		w.bs = b[:0]
-	}
+	c.sendOwned(b, nil, 0)
 	return 0
 }
 

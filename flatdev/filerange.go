@@ -1,0 +1,50 @@
+package flatdev
+
+import (
+	"errors"
+	"os"
+
+	"github.com/erofs-blockd/erofs-blockd/blockdev"
+	"github.com/erofs-blockd/erofs-blockd/mapping"
+)
+
+var _ blockdev.FileRanger = (*Device)(nil)
+
+var errSplit = errors.New("range crosses extents")
+
+// FileRange implements blockdev.FileRanger: ok when [off, off+length) lies
+// inside one input's file data (below its size at composition, clear of the
+// primary's overlay) and that input's Source.R is an *os.File. Inputs read
+// through anything else (the content cache's readers, counting wrappers)
+// never qualify, so zero-copy cannot bypass them. Truncation since
+// composition is not checked here.
+func (d *Device) FileRange(off, length int64) (*os.File, int64, bool) {
+	if off < 0 || length <= 0 || length > d.m.Size()-off {
+		return nil, 0, false
+	}
+	var run mapping.Run
+	n := 0
+	err := d.m.Runs(off, length, func(r mapping.Run) error {
+		if n++; n > 1 {
+			return errSplit
+		}
+		run = r
+		return nil
+	})
+	if err != nil || n != 1 || run.Hole || run.Len != length {
+		return nil, 0, false
+	}
+	src := &d.srcs[run.Dev]
+	f, ok := src.R.(*os.File)
+	if !ok || run.DevOff+length > src.Size {
+		return nil, 0, false
+	}
+	if run.Dev == 0 {
+		for _, p := range d.overlay {
+			if p.off < run.DevOff+length && p.off+int64(len(p.data)) > run.DevOff {
+				return nil, 0, false
+			}
+		}
+	}
+	return f, run.DevOff, true
+}
