@@ -21,6 +21,7 @@ package blobcache
 
 import (
 	"io"
+	"os"
 	"sync/atomic"
 	"time"
 )
@@ -60,4 +61,19 @@ func (b *Backend) ReadAt(p []byte, off int64) (int, error) {
 // Stats returns the counters.
 func (b *Backend) Stats() BackendStats {
 	return BackendStats{Name: b.Name, Reads: b.reads.Load(), Bytes: b.bytes.Load(), Errors: b.errors.Load()}
+}
+
+// ZeroCopyFile returns the underlying file when reads may bypass this
+// wrapper and go straight from the file to a socket (sendfile): only without
+// an injected delay. The caller counts what it sends with CountZeroCopy, so
+// the backend byte counters stay complete.
+func (b *Backend) ZeroCopyFile() (*os.File, bool) {
+	f, ok := b.R.(*os.File)
+	return f, ok && b.Delay == 0
+}
+
+// CountZeroCopy records a read served from ZeroCopyFile.
+func (b *Backend) CountZeroCopy(n int64) {
+	b.reads.Add(1)
+	b.bytes.Add(uint64(n))
 }

@@ -12,12 +12,20 @@ var _ blockdev.FileRanger = (*Device)(nil)
 
 var errSplit = errors.New("range crosses extents")
 
+// ZeroCopySource is implemented by Source readers that wrap a file but allow
+// reads to bypass them (e.g. a counting wrapper without injected latency):
+// FileRange then hands out the file and reports the bytes with CountZeroCopy.
+type ZeroCopySource interface {
+	ZeroCopyFile() (*os.File, bool)
+	CountZeroCopy(n int64)
+}
+
 // FileRange implements blockdev.FileRanger: ok when [off, off+length) lies
 // inside one input's file data (below its size at composition, clear of the
-// primary's overlay) and that input's Source.R is an *os.File. Inputs read
-// through anything else (the content cache's readers, counting wrappers)
-// never qualify, so zero-copy cannot bypass them. Truncation since
-// composition is not checked here.
+// primary's overlay) and that input's Source.R is an *os.File or a
+// ZeroCopySource that allows it. Inputs read through anything else (the
+// content cache's readers) never qualify, so zero-copy cannot bypass them.
+// Truncation since composition is not checked here.
 func (d *Device) FileRange(off, length int64) (*os.File, int64, bool) {
 	if off < 0 || length <= 0 || length > d.m.Size()-off {
 		return nil, 0, false
@@ -36,6 +44,10 @@ func (d *Device) FileRange(off, length int64) (*os.File, int64, bool) {
 	}
 	src := &d.srcs[run.Dev]
 	f, ok := src.R.(*os.File)
+	zc, isZC := src.R.(ZeroCopySource)
+	if !ok && isZC {
+		f, ok = zc.ZeroCopyFile()
+	}
 	if !ok || run.DevOff+length > src.Size {
 		return nil, 0, false
 	}
@@ -45,6 +57,9 @@ func (d *Device) FileRange(off, length int64) (*os.File, int64, bool) {
 				return nil, 0, false
 			}
 		}
+	}
+	if isZC {
+		zc.CountZeroCopy(length)
 	}
 	return f, run.DevOff, true
 }

@@ -6,7 +6,9 @@ import (
 	"math/rand"
 	"path/filepath"
 	"testing"
+	"time"
 
+	"github.com/erofs-blockd/erofs-blockd/blobcache"
 	"github.com/erofs-blockd/erofs-blockd/flatdev"
 	"github.com/erofs-blockd/erofs-blockd/internal/multiblob"
 )
@@ -96,5 +98,27 @@ func TestFileRange(t *testing.T) {
 	e := m.Device(1)
 	if _, _, ok := wdev.FileRange(int64(e.Start)<<m.BlockBits(), 4096); ok {
 		t.Fatal("a wrapped input was accepted")
+	}
+}
+
+// TestFileRangeCountingWrapper: a counting wrapper (blobcache.Backend) lets
+// zero-copy through and counts the bytes; with an injected delay it does not.
+func TestFileRangeCountingWrapper(t *testing.T) {
+	_, _, primary, blob := blobImage(t)
+	s := sources(t, primary, blob)
+	for _, delay := range []time.Duration{0, time.Millisecond} {
+		be := &blobcache.Backend{Name: blob, R: s[1].R, Size: s[1].Size, Delay: delay}
+		dev, err := flatdev.New(s[0], []flatdev.Source{{Name: blob, R: be, Size: s[1].Size}}, flatdev.Options{})
+		if err != nil {
+			t.Fatal(err)
+		}
+		start := int64(dev.Map().Device(1).Start) << dev.Map().BlockBits()
+		_, _, ok := dev.FileRange(start, 64<<10)
+		if ok != (delay == 0) {
+			t.Fatalf("delay %v: FileRange ok=%v", delay, ok)
+		}
+		if st := be.Stats(); ok && st.Bytes != 64<<10 {
+			t.Fatalf("zero-copy bytes not counted: %+v", st)
+		}
 	}
 }
