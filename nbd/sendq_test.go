@@ -137,17 +137,7 @@ func TestBatchWritev(t *testing.T) {
 	cl := &tclient{t: t, c: b, br: newBufReader(b)}
 	cl.req(0, CmdRead, 0, 0, big) // more than the socket holds: its writer blocks
 	c := onlyConn(t, s)
-	for deadline := time.Now().Add(20 * time.Second); ; time.Sleep(time.Millisecond) {
-		c.qmu.Lock()
-		w := c.writing
-		c.qmu.Unlock()
-		if w {
-			break
-		}
-		if time.Now().After(deadline) {
-			t.Fatal("the large reply never started")
-		}
-	}
+	waitWriting(t, c)
 	var reqs []byte
 	for i := 0; i < small; i++ {
 		reqs = append(reqs, reqBytes(0, CmdRead, uint64(1+i), uint64(big+i*512), 512)...)
@@ -178,5 +168,21 @@ func TestBatchWritev(t *testing.T) {
 	defer s.budget.mu.Unlock()
 	if s.budget.used != 0 {
 		t.Fatalf("budget still holds %d bytes", s.budget.used)
+	}
+}
+
+// waitWriting waits (bounded) until a goroutine of c is inside a reply write.
+func waitWriting(t *testing.T, c *conn) {
+	t.Helper()
+	for deadline := time.Now().Add(20 * time.Second); ; time.Sleep(time.Millisecond) {
+		c.qmu.Lock()
+		w := c.writing
+		c.qmu.Unlock()
+		if w {
+			return
+		}
+		if time.Now().After(deadline) {
+			t.Fatal("the large reply never started")
+		}
 	}
 }

@@ -9,7 +9,6 @@ import (
 	"runtime"
 	"strings"
 	"sync"
-	"sync/atomic"
 	"testing"
 	"time"
 )
@@ -121,29 +120,10 @@ func TestHostileVanish(t *testing.T) {
 	waitGoroutines(t, base)
 }
 
-// concDev counts concurrent ReadAt calls.
-type concDev struct {
-	memDev
-	cur, peak atomic.Int64
-}
-
-func (d *concDev) ReadAt(p []byte, off int64) (int, error) {
-	n := d.cur.Add(1)
-	for {
-		p := d.peak.Load()
-		if n <= p || d.peak.CompareAndSwap(p, n) {
-			break
-		}
-	}
-	time.Sleep(2 * time.Millisecond)
-	defer d.cur.Add(-1)
-	return d.memDev.ReadAt(p, off)
-}
-
 // TestHostileGlobalBudget: READ buffers in flight are bounded across all
 // connections, not only per connection.
 func TestHostileGlobalBudget(t *testing.T) {
-	dev := &concDev{memDev: *newMemDev(1<<20, 5)}
+	dev := &slowDev{memDev: *newMemDev(1<<20, 5)}
 	s := newTestServer(t, Config{MaxRequest: 4096, MaxBufferBytes: 3 * 4096, MaxInFlight: 16}, Export{Device: dev})
 	var wg sync.WaitGroup
 	for k := 0; k < 4; k++ {

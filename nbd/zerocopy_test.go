@@ -195,17 +195,7 @@ func TestZeroCopyTruncated(t *testing.T) {
 
 	cl.req(0, CmdRead, 3, uint64(bigOff), uint32(len(big))) // fills the socket; its writer blocks
 	c := onlyConn(t, s)
-	for deadline := time.Now().Add(20 * time.Second); ; time.Sleep(time.Millisecond) {
-		c.qmu.Lock()
-		w := c.writing
-		c.qmu.Unlock()
-		if w {
-			break
-		}
-		if time.Now().After(deadline) {
-			t.Fatal("the large reply never started")
-		}
-	}
+	waitWriting(t, c)
 	const n = 2 << 20
 	cl.req(0, CmdRead, 4, uint64(fa.off), n) // passes the size check, queued
 	waitQueued(t, c, 1)
