@@ -1,7 +1,9 @@
 package main
 
 import (
+	"context"
 	"fmt"
+	"log/slog"
 	"io"
 	"os"
 	"strings"
@@ -10,17 +12,59 @@ import (
 
 	"github.com/erofs-blockd/erofs-blockd/erofs"
 	"github.com/erofs-blockd/erofs-blockd/flatdev"
+	"github.com/erofs-blockd/erofs-blockd/source"
 )
 
 // imageFlags is the one way every command names an image: --blob repeated,
 // first the primary, then its extra devices in slot order; or a single
 // positional IMAGE.
 type imageFlags struct {
-	blobs []string
+	blobs  []string
+	remote remoteFlags
+	op     *source.Opener
 }
 
 func (f *imageFlags) register(fs *pflag.FlagSet) {
-	fs.StringArrayVar(&f.blobs, "blob", nil, "image `FILE`; repeat: the first is the primary, the rest its devices in slot order")
+	fs.StringArrayVar(&f.blobs, "blob", nil, "image `SOURCE`: a file, http(s)://URL or oci://HOST[:PORT]/REPO@sha256:HEX; repeat: the first is the primary, the rest its devices in slot order")
+	f.remote.register(fs)
+}
+
+// opener returns the one source opener of this command (shared HTTP
+// clients, tokens and per-host limits).
+func (f *imageFlags) opener() *source.Opener {
+	if f.op == nil {
+		f.op = f.remote.opener(nil)
+	}
+	return f.op
+}
+
+// remoteFlags configure http(s):// and oci:// sources.
+type remoteFlags struct {
+	authFile, certDir, chunk string
+	insecure                 []string
+	parallel, retries        int
+}
+
+func (r *remoteFlags) register(fs *pflag.FlagSet) {
+	fs.StringVar(&r.authFile, "authfile", "", "registry credentials `FILE` (containers auth.json / docker config.json; default: $REGISTRY_AUTH_FILE, $XDG_RUNTIME_DIR/containers/auth.json, $DOCKER_CONFIG/config.json, ~/.docker/config.json)")
+	fs.StringVar(&r.certDir, "cert-dir", "", "extra CA certificates (`DIR`/*.crt) for https:// and oci:// sources")
+	fs.StringArrayVar(&r.insecure, "insecure-registry", nil, "allow plain HTTP to registry `HOST:PORT` (repeatable)")
+	fs.StringVar(&r.chunk, "fetch-chunk", "1M", "fetch unit for remote blobs")
+	fs.IntVar(&r.parallel, "fetch-parallel", 8, "concurrent requests per remote host")
+	fs.IntVar(&r.retries, "fetch-retries", 5, "retries of a failed remote read (exponential backoff with jitter)")
+}
+
+func (r *remoteFlags) opener(log *slog.Logger) *source.Opener {
+	chunk, err := parseSize(r.chunk)
+	if err != nil || chunk < 4096 || chunk > 64<<20 {
+		chunk = 1 << 20
+	}
+	retries := r.retries
+	if retries == 0 {
+		retries = -1
+	}
+	return source.NewOpener(source.Options{AuthFile: r.authFile, CertDir: r.certDir, Insecure: r.insecure,
+		Chunk: chunk, Parallel: r.parallel, Retries: retries, Logger: log})
 }
 
 // resolve merges positional arguments into the blob list. pos are the
@@ -39,8 +83,8 @@ func (f *imageFlags) resolve(pos []string) ([]string, error) {
 	return f.blobs, nil
 }
 
-// openFiles opens every file read-only. The caller closes them.
-type openFiles []*os.File
+// openFiles are the opened sources. The caller closes them.
+type openFiles []io.Closer
 
 func (o openFiles) Close() {
 	for _, f := range o {
@@ -48,37 +92,21 @@ func (o openFiles) Close() {
 	}
 }
 
-// openSources opens the files as flatdev sources.
-func openSources(paths []string) ([]flatdev.Source, openFiles, error) {
+// openSources opens every source (file or remote) as flatdev sources.
+func openSources(paths []string, op *source.Opener) ([]flatdev.Source, openFiles, error) {
+	if op == nil {
+		op = source.NewOpener(source.Options{})
+	}
 	var files openFiles
 	var srcs []flatdev.Source
 	for _, p := range paths {
-		f, err := os.Open(p)
+		b, err := op.Open(context.Background(), p)
 		if err != nil {
 			files.Close()
-			return nil, nil, fmt.Errorf("open blob: %w", err)
+			return nil, nil, err
 		}
-		st, err := f.Stat()
-		if err != nil {
-			f.Close()
-			files.Close()
-			return nil, nil, fmt.Errorf("stat blob: %w", err)
-		}
-		if !st.Mode().IsRegular() && st.Mode()&os.ModeDevice == 0 {
-			f.Close()
-			files.Close()
-			return nil, nil, fmt.Errorf("blob %s: not a regular file or block device", p)
-		}
-		size := st.Size()
-		if st.Mode()&os.ModeDevice != 0 {
-			if size, err = f.Seek(0, io.SeekEnd); err != nil {
-				f.Close()
-				files.Close()
-				return nil, nil, fmt.Errorf("blob %s: size: %w", p, err)
-			}
-		}
-		files = append(files, f)
-		srcs = append(srcs, flatdev.Source{Name: p, R: f, Size: size})
+		files = append(files, b)
+		srcs = append(srcs, flatdev.Source{Name: b.Name(), R: b, Size: b.Size()})
 	}
 	return srcs, files, nil
 }
@@ -96,12 +124,12 @@ func (c *composeFlags) register(fs *pflag.FlagSet) {
 }
 
 // compose opens the blobs and builds the flat device.
-func compose(paths []string, c composeFlags, progress io.Writer) (*flatdev.Device, openFiles, error) {
+func compose(paths []string, op *source.Opener, c composeFlags, progress io.Writer) (*flatdev.Device, openFiles, error) {
 	align, err := parseSize(c.align)
 	if err != nil {
 		return nil, nil, fmt.Errorf("--align: %w", err)
 	}
-	srcs, files, err := openSources(paths)
+	srcs, files, err := openSources(paths, op)
 	if err != nil {
 		return nil, nil, err
 	}
@@ -170,8 +198,8 @@ func progressPrinter(w io.Writer) func(string, int64, int64) {
 // openImage opens the primary and its devices (as separate files) with the
 // erofs decoder, so data ranges are read from, and checked against, each
 // blob's real size.
-func openImage(paths []string) (*erofs.Image, openFiles, error) {
-	srcs, files, err := openSources(paths)
+func openImage(paths []string, op *source.Opener) (*erofs.Image, openFiles, error) {
+	srcs, files, err := openSources(paths, op)
 	if err != nil {
 		return nil, nil, err
 	}

@@ -33,7 +33,7 @@ func runCompose(args []string, stdout, stderr io.Writer) int {
 			return exitUnusable
 		}
 	}
-	dev, files, err := compose(paths, cf, stderr)
+	dev, files, err := compose(paths, img.opener(), cf, stderr)
 	if err != nil {
 		fmt.Fprintln(stderr, "erofs-blockd compose:", err)
 		return exitUnusable

@@ -83,7 +83,7 @@ func runInspect(args []string, stdout, stderr io.Writer) int {
 		fmt.Fprintln(stderr, "erofs-blockd inspect:", err)
 		return exitUnusable
 	}
-	srcs, files, err := openSources(paths)
+	srcs, files, err := openSources(paths, img.opener())
 	if err != nil {
 		fmt.Fprintln(stderr, "erofs-blockd inspect:", err)
 		return exitUnusable
@@ -141,7 +141,7 @@ func runInspect(args []string, stdout, stderr io.Writer) int {
 				o.Devices[i].CompBlocks, o.Devices[i].CompUniAddr = s.Blocks, s.UniAddr
 			}
 		}
-		im, files2, err := openImage(paths)
+		im, files2, err := openImage(paths, img.opener())
 		if err != nil {
 			o.SummaryError = err.Error()
 		} else {

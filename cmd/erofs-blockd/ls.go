@@ -39,7 +39,7 @@ func runLs(args []string, stdout, stderr io.Writer) int {
 		fmt.Fprintln(stderr, "erofs-blockd ls:", err)
 		return exitUnusable
 	}
-	im, files, err := openImage(paths)
+	im, files, err := openImage(paths, img.opener())
 	if err != nil {
 		fmt.Fprintln(stderr, "erofs-blockd ls:", err)
 		return exitUnusable

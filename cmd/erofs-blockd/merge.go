@@ -9,6 +9,7 @@ import (
 
 	"github.com/erofs-blockd/erofs-blockd/erofs/build"
 	"github.com/erofs-blockd/erofs-blockd/merge"
+	"github.com/erofs-blockd/erofs-blockd/source"
 )
 
 // runMerge: erofs-blockd merge [--align SIZE] [--no-copy] -o INDEX LAYER...
@@ -42,13 +43,17 @@ func runMerge(args []string, stdout, stderr io.Writer) int {
 	if alignB%build.BlockSize != 0 {
 		return fail("--align %s is not a multiple of the block size %d", *align, build.BlockSize)
 	}
-	srcs, files, err := openSources(paths)
+	srcs, files, err := openSources(paths, nil)
 	if err != nil {
 		return fail("%v", err)
 	}
 	defer files.Close()
 	if st, err := os.Stat(*out); err == nil {
-		for i, f := range files {
+		for i, c := range files {
+			f, isFile := c.(*source.File)
+			if !isFile {
+				continue
+			}
 			if fst, err := f.Stat(); err == nil && os.SameFile(st, fst) {
 				return fail("output %s is layer %d (%s): layers are never modified", *out, i+1, paths[i])
 			}

@@ -16,6 +16,7 @@ import (
 	"github.com/erofs-blockd/erofs-blockd/metrics"
 	"github.com/erofs-blockd/erofs-blockd/nbd"
 	"github.com/erofs-blockd/erofs-blockd/nbd/kernel"
+	"github.com/erofs-blockd/erofs-blockd/source"
 )
 
 func runServe(args []string, stdout, stderr io.Writer) int {
@@ -94,7 +95,8 @@ func runServe(args []string, stdout, stderr io.Writer) int {
 		fmt.Fprintln(stderr, "erofs-blockd serve:", err)
 		return exitUnusable
 	}
-	state, err := ef.newDaemonState(log)
+	img.op = img.remote.opener(log)
+	state, err := ef.newDaemonState(log, img.op)
 	if err != nil {
 		fmt.Fprintln(stderr, "erofs-blockd serve:", err)
 		return exitUnusable
@@ -194,7 +196,7 @@ func runServe(args []string, stdout, stderr io.Writer) int {
 		}
 		id := *backendID
 		if id == "" {
-			id = "erofs-blockd:" + paths[0]
+			id = "erofs-blockd:" + source.Redacted(paths[:1])[0]
 		}
 		kdev, err = sec.attach(ctx, kernel.Config{
 			Index: idx, Size: dev.Size(), BlockSize: bsz, Connections: n,
@@ -272,6 +274,7 @@ func withExportName(uri, name string) string {
 // defaultDescription names the primary and the blobs, shortened so it stays
 // well inside NBD's 4096-byte limit for any number of blobs.
 func defaultDescription(blobs []string) string {
+	blobs = source.Redacted(blobs)
 	desc := "erofs-blockd: " + strings.Join(blobs, " + ")
 	if len(desc) <= 1024 || len(blobs) == 0 {
 		return desc

@@ -24,6 +24,7 @@ import (
 	"github.com/erofs-blockd/erofs-blockd/erofs"
 	"github.com/erofs-blockd/erofs-blockd/flatdev"
 	"github.com/erofs-blockd/erofs-blockd/metrics"
+	"github.com/erofs-blockd/erofs-blockd/source"
 )
 
 // exportFlags are serve's flags for many exports in one daemon, the shared
@@ -96,7 +97,7 @@ func (e *exportFlags) specs(single []string, name string) ([]exportSpec, error) 
 		dir := filepath.Dir(e.config)
 		for _, x := range cf.Exports {
 			for i, p := range x.Blobs {
-				if !filepath.IsAbs(p) {
+				if !filepath.IsAbs(p) && !source.IsRemote(p) {
 					x.Blobs[i] = filepath.Join(dir, p)
 				}
 			}
@@ -141,10 +142,11 @@ type daemonState struct {
 	log      *slog.Logger
 	delay    time.Duration
 	cacheCap int64
+	op       *source.Opener
 }
 
 type openedFile struct {
-	f  *os.File
+	f  io.Closer
 	id string
 	be *blobcache.Backend
 }
@@ -158,6 +160,22 @@ func (d *daemonState) Close() {
 // open returns the shared backend for path.
 func (d *daemonState) open(path string) (*openedFile, error) {
 	if o := d.byPath[path]; o != nil {
+		return o, nil
+	}
+	if source.IsRemote(path) {
+		b, err := d.op.Open(context.Background(), path)
+		if err != nil {
+			return nil, err
+		}
+		id := b.Identity()
+		if o := d.files[id]; o != nil { // the same content under another name
+			b.Close()
+			d.byPath[path] = o
+			return o, nil
+		}
+		o := &openedFile{f: b, id: id, be: &blobcache.Backend{Name: b.Name(), R: b, Size: b.Size(), Delay: d.delay}}
+		d.files[id], d.byPath[path] = o, o
+		d.order = append(d.order, o)
 		return o, nil
 	}
 	f, err := os.Open(path)
@@ -197,7 +215,7 @@ func (d *daemonState) open(path string) (*openedFile, error) {
 }
 
 // newDaemonState sets up the cache (nil when size is 0).
-func (e *exportFlags) newDaemonState(log *slog.Logger) (*daemonState, error) {
+func (e *exportFlags) newDaemonState(log *slog.Logger, op *source.Opener) (*daemonState, error) {
 	size, err := parseSize(e.cacheSize)
 	if err != nil {
 		return nil, fmt.Errorf("--cache-size: %w", err)
@@ -208,7 +226,7 @@ func (e *exportFlags) newDaemonState(log *slog.Logger) (*daemonState, error) {
 		return nil, fmt.Errorf("--fingerprints %q: want xattr, compute or off", e.fingerprints)
 	}
 	d := &daemonState{files: map[string]*openedFile{}, byPath: map[string]*openedFile{},
-		fpMode: e.fingerprints, log: log, delay: e.backendDelay, cacheCap: size}
+		fpMode: e.fingerprints, log: log, delay: e.backendDelay, cacheCap: size, op: op}
 	if size > 0 {
 		d.shared = blobcache.NewShared(cache.New(size, blobcache.PageSize))
 	}

@@ -1,0 +1,399 @@
+package source
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"math/rand/v2"
+	"net/http"
+	"net/url"
+	"strconv"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"time"
+)
+
+// maxMerge caps how many adjacent missing chunks one GET fetches.
+const maxMerge = 8
+
+// keptChunks is how many fetched chunks a remote blob keeps in memory for
+// readers that come back to them (readahead, unaligned requests). It bounds
+// memory: keptChunks × Chunk per blob.
+const keptChunks = 16
+
+// requester performs one authenticated ranged GET of a blob's URL; the
+// registry flavour adds tokens and re-resolves redirects.
+type requester interface {
+	// do issues req (already carrying Range) and returns the response.
+	do(ctx context.Context, rangeHdr, ifRange string) (*http.Response, error)
+	// where names the blob in errors (no secrets).
+	where() string
+}
+
+// Stats are a remote blob's cumulative counters.
+type Stats struct {
+	Requests, Bytes, Retries, Errors uint64
+	InFlight                         int64
+}
+
+// remote is a lazily read blob behind ranged GETs.
+type remote struct {
+	name, id  string
+	size      int64
+	chunk     int64
+	validator string // ETag or Last-Modified, sent as If-Range
+	req       requester
+	host      *host
+	retries   int
+
+	mu     sync.Mutex
+	chunks map[int64]*chunkFetch
+	lru    []int64 // fetched chunk indexes, oldest first
+
+	requests, bytes, nretries, errs atomic.Uint64
+	inflight                        atomic.Int64
+}
+
+type chunkFetch struct {
+	done chan struct{}
+	data []byte
+	err  error
+}
+
+func (r *remote) Size() int64      { return r.size }
+func (r *remote) Name() string     { return r.name }
+func (r *remote) Identity() string { return r.id }
+func (r *remote) Close() error     { return nil }
+
+// Stats returns the counters.
+func (r *remote) Stats() Stats {
+	return Stats{Requests: r.requests.Load(), Bytes: r.bytes.Load(), Retries: r.nretries.Load(), Errors: r.errs.Load(), InFlight: r.inflight.Load()}
+}
+
+// ReadAt reads [off, off+len(p)), fetching the chunks it covers that are
+// not already in memory or in flight; adjacent missing chunks are fetched
+// with one GET.
+func (r *remote) ReadAt(p []byte, off int64) (int, error) {
+	if off < 0 {
+		return 0, fmt.Errorf("%s: negative offset", r.name)
+	}
+	if off >= r.size {
+		return 0, io.EOF
+	}
+	want := int64(len(p))
+	var eof error
+	if off+want > r.size {
+		want, eof = r.size-off, io.EOF
+	}
+	first, last := off/r.chunk, (off+want-1)/r.chunk
+	fetches := r.claim(first, last)
+	n := 0
+	for i := first; i <= last; i++ {
+		cf := fetches[i-first]
+		<-cf.done
+		if cf.err != nil {
+			return n, cf.err
+		}
+		cs := i * r.chunk
+		lo := max(off, cs)
+		hi := min(off+want, cs+int64(len(cf.data)))
+		n += copy(p[lo-off:hi-off], cf.data[lo-cs:hi-cs])
+	}
+	return n, eof
+}
+
+// claim returns the fetch of every chunk in [first, last], starting GETs
+// for runs of missing ones.
+func (r *remote) claim(first, last int64) []*chunkFetch {
+	out := make([]*chunkFetch, 0, last-first+1)
+	var run []int64
+	var runF []*chunkFetch
+	flush := func() {
+		if len(run) > 0 {
+			go r.fetchRun(run[0], runF)
+			run, runF = nil, nil
+		}
+	}
+	r.mu.Lock()
+	for i := first; i <= last; i++ {
+		cf := r.chunks[i]
+		if cf != nil {
+			select {
+			case <-cf.done:
+				if cf.err != nil { // a failed fetch is retried by the next reader
+					cf = nil
+				}
+			default:
+			}
+		}
+		if cf == nil {
+			cf = &chunkFetch{done: make(chan struct{})}
+			r.chunks[i] = cf
+			run, runF = append(run, i), append(runF, cf)
+			if len(run) == maxMerge {
+				flush()
+			}
+		} else {
+			flush()
+		}
+		out = append(out, cf)
+	}
+	flush()
+	r.mu.Unlock()
+	return out
+}
+
+// fetchRun fetches len(fs) chunks starting at chunk index first.
+func (r *remote) fetchRun(first int64, fs []*chunkFetch) {
+	start := first * r.chunk
+	end := min(start+int64(len(fs))*r.chunk, r.size) // exclusive
+	buf, err := r.get(start, end)
+	r.mu.Lock()
+	for i, cf := range fs {
+		if err != nil {
+			cf.err = err
+			continue
+		}
+		lo := int64(i) * r.chunk
+		cf.data = buf[lo:min(lo+r.chunk, int64(len(buf)))]
+		r.lru = append(r.lru, first+int64(i))
+	}
+	for len(r.lru) > keptChunks {
+		old := r.lru[0]
+		r.lru = r.lru[1:]
+		if cf := r.chunks[old]; cf != nil {
+			select {
+			case <-cf.done:
+				delete(r.chunks, old)
+			default:
+			}
+		}
+	}
+	if err != nil {
+		for i := range fs {
+			if r.chunks[first+int64(i)] == fs[i] {
+				delete(r.chunks, first+int64(i))
+			}
+		}
+	}
+	r.mu.Unlock()
+	for _, cf := range fs {
+		close(cf.done)
+	}
+}
+
+// retryable marks an attempt's failure as worth another try.
+type retryable struct {
+	err   error
+	after time.Duration // server's Retry-After, if any
+}
+
+func (e *retryable) Error() string { return e.err.Error() }
+func (e *retryable) Unwrap() error { return e.err }
+
+// get fetches bytes [start, end) with retries and exponential backoff.
+func (r *remote) get(start, end int64) ([]byte, error) {
+	var last error
+	backoff := 100 * time.Millisecond
+	for attempt := 0; attempt <= r.retries; attempt++ {
+		if attempt > 0 {
+			r.nretries.Add(1)
+			d := backoff + rand.N(backoff/2+1)
+			var rt *retryable
+			if errors.As(last, &rt) && rt.after > d {
+				d = min(rt.after, 30*time.Second)
+			}
+			time.Sleep(d)
+			backoff = min(backoff*2, 5*time.Second)
+		}
+		buf, err := r.attempt(start, end)
+		if err == nil {
+			r.bytes.Add(uint64(len(buf)))
+			return buf, nil
+		}
+		last = err
+		var rt *retryable
+		if !errors.As(err, &rt) {
+			break
+		}
+	}
+	r.errs.Add(1)
+	return nil, fmt.Errorf("%s: read bytes %d-%d: %w", r.name, start, end-1, last)
+}
+
+// attempt is one checked ranged GET: 206, exactly the Content-Range asked
+// for, exactly that many bytes. Anything else is an error, never data.
+func (r *remote) attempt(start, end int64) ([]byte, error) {
+	r.host.acquire()
+	defer r.host.release()
+	r.requests.Add(1)
+	r.inflight.Add(1)
+	defer r.inflight.Add(-1)
+	ctx, cancel := context.WithTimeout(context.Background(), r.host.reqTimeout(end-start))
+	defer cancel()
+	resp, err := r.req.do(ctx, fmt.Sprintf("bytes=%d-%d", start, end-1), r.validator)
+	if err != nil {
+		return nil, &retryable{err: err}
+	}
+	defer resp.Body.Close()
+	if err := statusError(resp, r.req.where()); err != nil {
+		return nil, err
+	}
+	if resp.StatusCode != http.StatusPartialContent {
+		if resp.StatusCode == http.StatusOK && r.validator != "" {
+			return nil, fmt.Errorf("%s changed on the server (If-Range %s no longer matches)", r.req.where(), r.validator)
+		}
+		return nil, fmt.Errorf("%s: ranged GET answered %s, want 206", r.req.where(), resp.Status)
+	}
+	a, b, total, err := parseContentRange(resp.Header.Get("Content-Range"))
+	if err != nil || a != start || b != end-1 || total != r.size {
+		return nil, &retryable{err: fmt.Errorf("%s: Content-Range %q, asked bytes=%d-%d/%d", r.req.where(), resp.Header.Get("Content-Range"), start, end-1, r.size)}
+	}
+	buf := make([]byte, end-start)
+	if _, err := io.ReadFull(resp.Body, buf); err != nil {
+		return nil, &retryable{err: fmt.Errorf("%s: short body for bytes=%d-%d: %v", r.req.where(), start, end-1, err)}
+	}
+	if n, _ := resp.Body.Read(make([]byte, 1)); n != 0 {
+		return nil, &retryable{err: fmt.Errorf("%s: body longer than bytes=%d-%d", r.req.where(), start, end-1)}
+	}
+	return buf, nil
+}
+
+// statusError classifies a non-2xx status: 5xx and 429 are retried.
+func statusError(resp *http.Response, where string) error {
+	c := resp.StatusCode
+	if c >= 200 && c < 300 {
+		return nil
+	}
+	err := fmt.Errorf("%s: %s", where, resp.Status)
+	if c >= 500 || c == http.StatusTooManyRequests || c == http.StatusRequestTimeout {
+		rt := &retryable{err: err}
+		if s := resp.Header.Get("Retry-After"); s != "" {
+			if secs, e := strconv.Atoi(s); e == nil && secs >= 0 {
+				rt.after = time.Duration(secs) * time.Second
+			} else if t, e := http.ParseTime(s); e == nil {
+				rt.after = time.Until(t)
+			}
+		}
+		return rt
+	}
+	return err
+}
+
+// parseContentRange parses "bytes a-b/total".
+func parseContentRange(s string) (a, b, total int64, err error) {
+	rest, ok := strings.CutPrefix(s, "bytes ")
+	if !ok {
+		return 0, 0, 0, fmt.Errorf("bad Content-Range %q", s)
+	}
+	rng, tot, ok := strings.Cut(rest, "/")
+	as, bs, ok2 := strings.Cut(rng, "-")
+	if !ok || !ok2 {
+		return 0, 0, 0, fmt.Errorf("bad Content-Range %q", s)
+	}
+	if a, err = strconv.ParseInt(as, 10, 64); err == nil {
+		if b, err = strconv.ParseInt(bs, 10, 64); err == nil {
+			total, err = strconv.ParseInt(tot, 10, 64)
+		}
+	}
+	if err != nil || a < 0 || b < a || total <= b {
+		return 0, 0, 0, fmt.Errorf("bad Content-Range %q", s)
+	}
+	return a, b, total, nil
+}
+
+// probe asks for byte 0 to learn the size and validator and to check that
+// ranges work.
+func (o *Opener) probe(ctx context.Context, req requester, name, id string, h *host) (*remote, error) {
+	r := &remote{name: name, chunk: o.opt.Chunk, req: req, host: h, retries: o.opt.Retries, chunks: map[int64]*chunkFetch{}}
+	var resp *http.Response
+	var err error
+	for attempt := 0; ; attempt++ {
+		h.acquire()
+		resp, err = req.do(ctx, "bytes=0-0", "")
+		h.release()
+		if err == nil {
+			if err = statusError(resp, req.where()); err != nil {
+				resp.Body.Close()
+			}
+		}
+		var rt *retryable
+		if err == nil || attempt >= min(o.opt.Retries, 2) || (!errors.As(err, &rt) && resp != nil) {
+			break
+		}
+		time.Sleep(time.Duration(200*(attempt+1)) * time.Millisecond)
+	}
+	if err != nil {
+		return nil, err
+	}
+	defer resp.Body.Close()
+	io.Copy(io.Discard, io.LimitReader(resp.Body, 1<<16))
+	switch resp.StatusCode {
+	case http.StatusPartialContent:
+		_, _, total, err := parseContentRange(resp.Header.Get("Content-Range"))
+		if err != nil {
+			return nil, fmt.Errorf("%s: %v", req.where(), err)
+		}
+		r.size = total
+	case http.StatusRequestedRangeNotSatisfiable:
+		return nil, fmt.Errorf("%s: empty object", req.where())
+	default:
+		return nil, fmt.Errorf("%s: server does not support Range requests (answered %s)", req.where(), resp.Status)
+	}
+	if et := resp.Header.Get("ETag"); et != "" && !strings.HasPrefix(et, "W/") {
+		r.validator = et
+	} else if lm := resp.Header.Get("Last-Modified"); lm != "" {
+		r.validator = lm
+	}
+	r.id = id
+	if r.id == "" {
+		r.id = fmt.Sprintf("http:%s:%s:%d", name, r.validator, r.size)
+	}
+	return r, nil
+}
+
+// redact drops user info and the query (presigned URLs carry secrets there).
+func redact(u *url.URL) string {
+	c := *u
+	c.User = nil
+	if c.RawQuery != "" {
+		c.RawQuery = "…"
+	}
+	c.Fragment = ""
+	return c.String()
+}
+
+// host bounds concurrent requests to one host.
+type host struct {
+	sem chan struct{}
+}
+
+func (h *host) acquire() { h.sem <- struct{}{} }
+func (h *host) release() { <-h.sem }
+
+// reqTimeout is the deadline of one attempt: generous for its size, so a
+// stalled transfer fails and is retried instead of hanging.
+func (h *host) reqTimeout(n int64) time.Duration {
+	return 30*time.Second + time.Duration(n/(1<<20))*2*time.Second
+}
+
+type hostPool struct {
+	opt Options
+	mu  sync.Mutex
+	m   map[string]*host
+}
+
+func newHostPool(opt Options) *hostPool { return &hostPool{opt: opt, m: map[string]*host{}} }
+
+func (p *hostPool) get(hostport string) *host {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	h := p.m[hostport]
+	if h == nil {
+		h = &host{sem: make(chan struct{}, p.opt.Parallel)}
+		p.m[hostport] = h
+	}
+	return h
+}
