@@ -25,7 +25,7 @@ func runVerify(args []string, stdout, stderr io.Writer) int {
 		fmt.Fprintln(stderr, "erofs-blockd verify:", err)
 		return exitUnusable
 	}
-	srcs, files, err := openSources(paths)
+	srcs, files, err := openSources(paths, img.opener())
 	if err != nil {
 		fmt.Fprintln(stderr, "erofs-blockd verify:", err)
 		return exitUnusable
