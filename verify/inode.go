@@ -37,8 +37,11 @@ func (c *checker) checkInode(ino *erofs.Inode, path *pathNode) {
 		c.addf(path, ino.Nid, ino.Off+6, RuleStartHi, "extended inode i_nb = %#x without the 48BIT feature", ino.Nb)
 	}
 	if hasData(ino) {
+		// fs/erofs (6.12, 6.18) does not check CHUNKED_FILE when reading a
+		// chunk-based inode and fsck.erofs 1.9 accepts it; erofs-utils 1.9
+		// rebuild mode and --tar=i write such images. Only a warning.
 		if ino.Layout == erofs.LayoutChunkBased && !sb.HasIncompat(erofs.IncompatChunkedFile) {
-			c.addf(path, ino.Nid, ino.Off, RuleInodeLayout, "chunk-based inode without the CHUNKED_FILE feature")
+			c.warnf(path, ino.Nid, ino.Off, RuleInodeLayout, "chunk-based inode without the CHUNKED_FILE feature (accepted by the kernel and fsck.erofs)")
 		}
 		if ino.Layout == erofs.LayoutChunkBased && ino.ChunkFormat&erofs.ChunkFormat48Bit != 0 && !sb.HasIncompat(erofs.Incompat48Bit) {
 			c.addf(path, ino.Nid, ino.Off+0x10, RuleChunkFormat, "48-bit chunk format without the 48BIT feature")

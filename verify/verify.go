@@ -52,6 +52,13 @@ type Options struct {
 	Flat bool
 }
 
+// Severities of a Problem. An error is something the kernel (fs/erofs) or
+// fsck.erofs would refuse; a warning is a stricter check that they accept.
+const (
+	SeverityError   = "error"
+	SeverityWarning = "warning"
+)
+
 // Problem is one violated rule.
 type Problem struct {
 	Path string `json:"path"`
@@ -63,7 +70,12 @@ type Problem struct {
 	Space  string `json:"space,omitempty"`
 	Rule   string `json:"rule"`
 	Detail string `json:"detail"`
+	// Severity is SeverityError or SeverityWarning ("" is read as an error).
+	Severity string `json:"severity"`
 }
+
+// IsWarning reports whether p is only a warning.
+func (p Problem) IsWarning() bool { return p.Severity == SeverityWarning }
 
 func (p Problem) String() string {
 	path := p.Path
@@ -71,6 +83,9 @@ func (p Problem) String() string {
 		path = "-"
 	}
 	s := fmt.Sprintf("%s (inode %d) offset %#x", path, p.Nid, p.Off)
+	if p.IsWarning() {
+		s = "warning: " + s
+	}
 	if p.Space != "" {
 		s += " (" + p.Space + ")"
 	}
@@ -89,10 +104,31 @@ type Report struct {
 	Dirents   int       `json:"dirents"`
 	Bytes     int64     `json:"bytes"` // content bytes read (Options.Content)
 	Notes     []string  `json:"notes,omitempty"`
+	// WarningsDropped counts warnings not kept because the problem cap
+	// was reached (warnings do not stop the walk).
+	WarningsDropped int `json:"warnings_dropped,omitempty"`
 }
 
-// OK reports whether no problem was found.
-func (r *Report) OK() bool { return len(r.Problems) == 0 && !r.Truncated }
+// OK reports whether no error was found (warnings alone are OK).
+func (r *Report) OK() bool { return r.Errors() == 0 && !r.Truncated }
+
+// StrictOK reports whether no problem at all, warnings included, was found.
+func (r *Report) StrictOK() bool { return r.OK() && r.Warnings() == 0 }
+
+// Errors returns the number of problems that are errors.
+func (r *Report) Errors() int { return len(r.Problems) - r.Warnings() + r.WarningsDropped }
+
+// Warnings returns the number of problems that are only warnings,
+// including WarningsDropped.
+func (r *Report) Warnings() int {
+	n := r.WarningsDropped
+	for _, p := range r.Problems {
+		if p.IsWarning() {
+			n++
+		}
+	}
+	return n
+}
 
 // Rules returns the distinct rule names reported, sorted.
 func (r *Report) Rules() []string {
@@ -137,8 +173,14 @@ func (r *Report) WriteText(w io.Writer) error {
 // Summary is a one-line verdict.
 func (r *Report) Summary() string {
 	verdict := "clean"
-	if !r.OK() {
-		verdict = fmt.Sprintf("%d problem(s)", len(r.Problems))
+	if !r.StrictOK() {
+		verdict = fmt.Sprintf("%d problem(s)", r.Errors())
+		if w := r.Warnings(); w > 0 {
+			if r.Errors() == 0 {
+				verdict = "clean"
+			}
+			verdict += fmt.Sprintf(" (%d warning(s))", w)
+		}
 		if r.Truncated {
 			verdict += " (truncated: walk stopped at the cap)"
 		}

@@ -100,9 +100,17 @@ func (c *checker) add(p Problem) {
 		return
 	}
 	if len(c.rep.Problems) >= c.max {
+		if p.Severity == SeverityWarning {
+			// Warnings never stop the walk: count the ones past the cap.
+			c.rep.WarningsDropped++
+			return
+		}
 		c.rep.Truncated = true
 		c.stop.Store(true)
 		return
+	}
+	if p.Severity == "" {
+		p.Severity = SeverityError
 	}
 	c.rep.Problems = append(c.rep.Problems, p)
 }
@@ -115,6 +123,12 @@ func (c *checker) problemCount() int {
 
 func (c *checker) addf(path *pathNode, nid uint64, off int64, rule, format string, a ...any) {
 	c.add(Problem{Path: path.String(), Nid: nid, Off: off, Rule: rule, Detail: fmt.Sprintf(format, a...)})
+}
+
+// warnf reports a warning: a rule stricter than what fs/erofs and
+// fsck.erofs enforce.
+func (c *checker) warnf(path *pathNode, nid uint64, off int64, rule, format string, a ...any) {
+	c.add(Problem{Path: path.String(), Nid: nid, Off: off, Rule: rule, Detail: fmt.Sprintf(format, a...), Severity: SeverityWarning})
 }
 
 // addErr reports an error from package erofs.

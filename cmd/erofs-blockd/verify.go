@@ -8,14 +8,16 @@ import (
 	"github.com/erofs-blockd/erofs-blockd/verify"
 )
 
-// runVerify: erofs-blockd verify [--json] [--content] IMAGE | --blob P --blob D1 ...
-// Exit 0 clean, 1 problems found, 2 unusable input.
+// runVerify: erofs-blockd verify [--json] [--content] [--strict] IMAGE | --blob P --blob D1 ...
+// Exit 0 clean (warnings alone are fine), 1 errors found (or warnings with
+// --strict), 2 unusable input.
 func runVerify(args []string, stdout, stderr io.Writer) int {
 	fs := newFlags("verify", "[flags] [IMAGE]", stderr)
 	var img imageFlags
 	img.register(fs)
 	asJSON := fs.Bool("json", false, "print the report as JSON")
 	content := fs.Bool("content", false, "also read and decompress every regular file and check ishare fingerprints")
+	strict := fs.Bool("strict", false, "count warnings (checks stricter than the kernel and fsck.erofs) as errors")
 	maxProblems := fs.Int("max-problems", verify.DefaultMaxProblems, "stop after this many problems")
 	if code, ok := parse(fs, args); !ok {
 		return code
@@ -41,6 +43,10 @@ func runVerify(args []string, stdout, stderr io.Writer) int {
 		fmt.Fprintf(stderr, "erofs-blockd verify: %s: unusable image: %v\n", paths[0], err)
 		return exitUnusable
 	}
+	ok := rep.OK()
+	if *strict {
+		ok = rep.StrictOK()
+	}
 	if *asJSON {
 		enc := json.NewEncoder(stdout)
 		enc.SetIndent("", "  ")
@@ -48,9 +54,11 @@ func runVerify(args []string, stdout, stderr io.Writer) int {
 			rep.Problems = []verify.Problem{}
 		}
 		if err := enc.Encode(struct {
-			OK bool `json:"ok"`
+			OK       bool `json:"ok"`
+			Errors   int  `json:"errors"`
+			Warnings int  `json:"warnings"`
 			*verify.Report
-		}{rep.OK(), rep}); err != nil {
+		}{ok, rep.Errors(), rep.Warnings(), rep}); err != nil {
 			fmt.Fprintln(stderr, "erofs-blockd verify:", err)
 			return exitUnusable
 		}
@@ -58,7 +66,7 @@ func runVerify(args []string, stdout, stderr io.Writer) int {
 		fmt.Fprintln(stderr, "erofs-blockd verify:", err)
 		return exitUnusable
 	}
-	if !rep.OK() {
+	if !ok {
 		return exitProblems
 	}
 	return exitOK
