@@ -47,6 +47,7 @@ type remote struct {
 	req       requester
 	host      *host
 	retries   int
+	retryBase time.Duration
 
 	mu     sync.Mutex
 	chunks map[int64]*chunkFetch
@@ -196,7 +197,7 @@ func (e *retryable) Unwrap() error { return e.err }
 // get fetches bytes [start, end) with retries and exponential backoff.
 func (r *remote) get(start, end int64) ([]byte, error) {
 	var last error
-	backoff := 100 * time.Millisecond
+	backoff := r.retryBase
 	for attempt := 0; attempt <= r.retries; attempt++ {
 		if attempt > 0 {
 			r.nretries.Add(1)
@@ -245,7 +246,7 @@ func (r *remote) attempt(start, end int64) ([]byte, error) {
 		if resp.StatusCode == http.StatusOK && r.validator != "" {
 			return nil, fmt.Errorf("%s changed on the server (If-Range %s no longer matches)", r.req.where(), r.validator)
 		}
-		return nil, fmt.Errorf("%s: ranged GET answered %s, want 206", r.req.where(), resp.Status)
+		return nil, &retryable{err: fmt.Errorf("%s: ranged GET answered %s, want 206", r.req.where(), resp.Status)}
 	}
 	a, b, total, err := parseContentRange(resp.Header.Get("Content-Range"))
 	if err != nil || a != start || b != end-1 || total != r.size {
@@ -307,7 +308,7 @@ func parseContentRange(s string) (a, b, total int64, err error) {
 // probe asks for byte 0 to learn the size and validator and to check that
 // ranges work.
 func (o *Opener) probe(ctx context.Context, req requester, name, id string, h *host) (*remote, error) {
-	r := &remote{name: name, chunk: o.opt.Chunk, req: req, host: h, retries: o.opt.Retries, chunks: map[int64]*chunkFetch{}}
+	r := &remote{name: name, chunk: o.opt.Chunk, req: req, host: h, retries: o.opt.Retries, retryBase: o.opt.RetryBase, chunks: map[int64]*chunkFetch{}}
 	var resp *http.Response
 	var err error
 	for attempt := 0; ; attempt++ {

@@ -83,7 +83,7 @@ func (o *Opener) registry(hostport string) (*registry, error) {
 		return nil, fmt.Errorf("registry %s: %w", hostport, err)
 	}
 	r := &registry{hostport: hostport, scheme: scheme, cred: cred, tokens: map[string]*token{},
-		client: &http.Client{Transport: newTransport(tc)}}
+		client: &http.Client{Transport: newTransport(tc), CheckRedirect: dropAuthOffHost}}
 	o.regs[hostport] = r
 	return r, nil
 }
@@ -341,4 +341,17 @@ func (o *Opener) openOCI(ctx context.Context, spec string) (Blob, error) {
 	}
 	b := &ociBlob{reg: reg, ref: ref, name: spec}
 	return o.probe(ctx, b, spec, "oci:"+ref.digest, o.hosts.get(ref.host))
+}
+
+// dropAuthOffHost follows up to 10 redirects and never sends Authorization
+// to a host:port other than the original request's (Go's own rule keeps
+// it for the same host name on another port).
+func dropAuthOffHost(req *http.Request, via []*http.Request) error {
+	if len(via) >= 10 {
+		return fmt.Errorf("stopped after 10 redirects")
+	}
+	if req.URL.Host != via[0].URL.Host || req.URL.Scheme != via[0].URL.Scheme {
+		req.Header.Del("Authorization")
+	}
+	return nil
 }

@@ -15,6 +15,7 @@ import (
 	"os"
 	"strings"
 	"syscall"
+	"time"
 )
 
 // Blob is one opened source.
@@ -47,7 +48,10 @@ type Options struct {
 	Parallel int
 	// Retries is the number of retries after a failed attempt (default 5).
 	Retries int
-	Logger  *slog.Logger
+	// RetryBase is the first backoff delay, doubled per retry up to 5 s
+	// (default 100 ms).
+	RetryBase time.Duration
+	Logger    *slog.Logger
 	// certsRoot overrides /etc (tests).
 	certsRoot string
 }
@@ -72,6 +76,9 @@ func NewOpener(opt Options) *Opener {
 	}
 	if opt.Parallel <= 0 {
 		opt.Parallel = 8
+	}
+	if opt.RetryBase <= 0 {
+		opt.RetryBase = 100 * time.Millisecond
 	}
 	if opt.Retries < 0 {
 		opt.Retries = 0
