@@ -3,7 +3,8 @@
 # Idempotent; safe to run on a fresh Debian 12 machine as root.
 set -euo pipefail
 want=(erofs-utils libnbd-bin fuse3 nbdkit qemu-utils kmod e2fsprogs
-      xxd fio attr bc python3 time)
+      xxd fio attr bc python3 time
+      docker-registry nginx-light apache2-utils openssl curl skopeo)
 if [ "${1:-}" = "--vm" ] || [ "${1:-}" = "--all" ]; then
   want+=(qemu-system-x86 busybox-static cpio xz-utils)
 fi
