@@ -1,6 +1,6 @@
 // Package metrics exposes erofs-blockd's Prometheus metrics on /metrics.
 // It is told things and never reaches into the data path: the NBD server
-// calls it as an nbd.Observer, and the cache and backend counters are read
+// calls it as an nbd.Observer, remote sources as a source.Observer, and the cache and backend counters are read
 // at scrape time through snapshot functions the daemon hands to New. All
 // names carry the erofs_blockd_ prefix.
 package metrics
@@ -9,11 +9,13 @@ import (
 	"net/http"
 	"runtime"
 	"sync"
+	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/promhttp"
 
 	"github.com/erofs-blockd/erofs-blockd/nbd"
+	"github.com/erofs-blockd/erofs-blockd/source"
 )
 
 const ns = "erofs_blockd"
@@ -52,9 +54,13 @@ type Metrics struct {
 	latency    *prometheus.HistogramVec
 
 	children sync.Map // reqKey -> *reqMetrics
+	src      *sourceMetrics
 }
 
-var _ nbd.Observer = (*Metrics)(nil)
+var (
+	_ nbd.Observer    = (*Metrics)(nil)
+	_ source.Observer = (*Metrics)(nil)
+)
 
 type reqKey struct {
 	export string
@@ -69,7 +75,7 @@ type reqMetrics struct {
 
 // New builds the registry. version is reported in erofs_blockd_build_info.
 func New(version string, src Sources) *Metrics {
-	m := &Metrics{reg: prometheus.NewRegistry()}
+	m := &Metrics{reg: prometheus.NewRegistry(), src: newSourceMetrics()}
 	m.conns = prometheus.NewGauge(prometheus.GaugeOpts{Namespace: ns, Name: "nbd_connections",
 		Help: "NBD client connections currently open."})
 	m.connsTotal = prometheus.NewCounter(prometheus.CounterOpts{Namespace: ns, Name: "nbd_connections_total",
@@ -93,6 +99,7 @@ func New(version string, src Sources) *Metrics {
 		ConstLabels: prometheus.Labels{"version": version, "goversion": runtime.Version()}})
 	build.Set(1)
 	m.reg.MustRegister(m.conns, m.connsTotal, m.connErrs, m.requests, m.errors, m.bytes, m.inflight, m.latency, build)
+	m.reg.MustRegister(m.src.collectors()...)
 	if src.Cache != nil {
 		m.reg.MustRegister(&cacheCollector{fn: src.Cache})
 	}
@@ -222,4 +229,70 @@ func (c *backendCollector) Collect(ch chan<- prometheus.Metric) {
 		ch <- prometheus.MustNewConstMetric(descBBytes, prometheus.CounterValue, float64(b.Bytes), b.Blob)
 		ch <- prometheus.MustNewConstMetric(descBErrors, prometheus.CounterValue, float64(b.Errors), b.Blob)
 	}
+}
+
+// sourceMetrics are the per-source counters of remote blobs; *Metrics is a
+// source.Observer through them.
+type sourceMetrics struct {
+	requests, reqErrors, bytes, retries, failures *prometheus.CounterVec
+	inflight                                      *prometheus.GaugeVec
+	latency                                       *prometheus.HistogramVec
+}
+
+func newSourceMetrics() *sourceMetrics {
+	l := []string{"source"}
+	return &sourceMetrics{
+		requests: prometheus.NewCounterVec(prometheus.CounterOpts{Namespace: ns, Name: "source_requests_total",
+			Help: "Ranged GETs sent to remote sources, by source."}, l),
+		reqErrors: prometheus.NewCounterVec(prometheus.CounterOpts{Namespace: ns, Name: "source_request_errors_total",
+			Help: "Ranged GETs to remote sources that failed (status, transport, a short or wrong answer), by source."}, l),
+		bytes: prometheus.NewCounterVec(prometheus.CounterOpts{Namespace: ns, Name: "source_fetched_bytes_total",
+			Help: "Bytes received and checked from remote sources, by source."}, l),
+		retries: prometheus.NewCounterVec(prometheus.CounterOpts{Namespace: ns, Name: "source_retries_total",
+			Help: "Failed ranged GETs retried, by source."}, l),
+		failures: prometheus.NewCounterVec(prometheus.CounterOpts{Namespace: ns, Name: "source_read_failures_total",
+			Help: "Remote reads that failed after every retry (answered with EIO), by source."}, l),
+		inflight: prometheus.NewGaugeVec(prometheus.GaugeOpts{Namespace: ns, Name: "source_requests_in_flight",
+			Help: "Ranged GETs to remote sources in flight, by source."}, l),
+		latency: prometheus.NewHistogramVec(prometheus.HistogramOpts{Namespace: ns, Name: "source_request_duration_seconds",
+			Help:    "Time of one ranged GET to a remote source, from sending it to its last byte checked, by source.",
+			Buckets: prometheus.ExponentialBuckets(250e-6, 4, 10)}, l), // 250µs .. 65s
+	}
+}
+
+func (s *sourceMetrics) collectors() []prometheus.Collector {
+	return []prometheus.Collector{s.requests, s.reqErrors, s.bytes, s.retries, s.failures, s.inflight, s.latency}
+}
+
+// FetchStart implements source.Observer.
+func (m *Metrics) FetchStart(src string) {
+	m.src.requests.WithLabelValues(src).Inc()
+	m.src.inflight.WithLabelValues(src).Inc()
+}
+
+// FetchDone implements source.Observer.
+func (m *Metrics) FetchDone(src string, n int, took time.Duration, err error) {
+	m.src.inflight.WithLabelValues(src).Dec()
+	m.src.latency.WithLabelValues(src).Observe(took.Seconds())
+	if err != nil {
+		m.src.reqErrors.WithLabelValues(src).Inc()
+		return
+	}
+	m.src.bytes.WithLabelValues(src).Add(float64(n))
+}
+
+// FetchRetry implements source.Observer.
+func (m *Metrics) FetchRetry(src string) { m.src.retries.WithLabelValues(src).Inc() }
+
+// FetchFailed implements source.Observer.
+func (m *Metrics) FetchFailed(src string) { m.src.failures.WithLabelValues(src).Inc() }
+
+// AddSource creates a source's series at zero, so a scrape shows every
+// remote source before its first request.
+func (m *Metrics) AddSource(src string) {
+	for _, v := range []*prometheus.CounterVec{m.src.requests, m.src.reqErrors, m.src.bytes, m.src.retries, m.src.failures} {
+		v.WithLabelValues(src)
+	}
+	m.src.inflight.WithLabelValues(src)
+	m.src.latency.WithLabelValues(src)
 }

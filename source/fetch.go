@@ -48,6 +48,7 @@ type remote struct {
 	host      *host
 	retries   int
 	retryBase time.Duration
+	obs       Observer
 
 	mu     sync.Mutex
 	chunks map[int64]*chunkFetch
@@ -201,6 +202,7 @@ func (r *remote) get(start, end int64) ([]byte, error) {
 	for attempt := 0; attempt <= r.retries; attempt++ {
 		if attempt > 0 {
 			r.nretries.Add(1)
+			r.obs.FetchRetry(r.name)
 			d := backoff + rand.N(backoff/2+1)
 			var rt *retryable
 			if errors.As(last, &rt) && rt.after > d {
@@ -221,17 +223,23 @@ func (r *remote) get(start, end int64) ([]byte, error) {
 		}
 	}
 	r.errs.Add(1)
+	r.obs.FetchFailed(r.name)
 	return nil, fmt.Errorf("%s: read bytes %d-%d: %w", r.name, start, end-1, last)
 }
 
 // attempt is one checked ranged GET: 206, exactly the Content-Range asked
 // for, exactly that many bytes. Anything else is an error, never data.
-func (r *remote) attempt(start, end int64) ([]byte, error) {
+func (r *remote) attempt(start, end int64) (buf []byte, err error) {
 	r.host.acquire()
 	defer r.host.release()
 	r.requests.Add(1)
 	r.inflight.Add(1)
-	defer r.inflight.Add(-1)
+	r.obs.FetchStart(r.name)
+	t0 := time.Now()
+	defer func() {
+		r.inflight.Add(-1)
+		r.obs.FetchDone(r.name, len(buf), time.Since(t0), err)
+	}()
 	ctx, cancel := context.WithTimeout(context.Background(), r.host.reqTimeout(end-start))
 	defer cancel()
 	resp, err := r.req.do(ctx, fmt.Sprintf("bytes=%d-%d", start, end-1), r.validator)
@@ -252,7 +260,7 @@ func (r *remote) attempt(start, end int64) ([]byte, error) {
 	if err != nil || a != start || b != end-1 || total != r.size {
 		return nil, &retryable{err: fmt.Errorf("%s: Content-Range %q, asked bytes=%d-%d/%d", r.req.where(), resp.Header.Get("Content-Range"), start, end-1, r.size)}
 	}
-	buf := make([]byte, end-start)
+	buf = make([]byte, end-start)
 	if _, err := io.ReadFull(resp.Body, buf); err != nil {
 		return nil, &retryable{err: fmt.Errorf("%s: short body for bytes=%d-%d: %v", r.req.where(), start, end-1, err)}
 	}
@@ -308,7 +316,7 @@ func parseContentRange(s string) (a, b, total int64, err error) {
 // probe asks for byte 0 to learn the size and validator and to check that
 // ranges work.
 func (o *Opener) probe(ctx context.Context, req requester, name, id string, h *host) (*remote, error) {
-	r := &remote{name: name, chunk: o.opt.Chunk, req: req, host: h, retries: o.opt.Retries, retryBase: o.opt.RetryBase, chunks: map[int64]*chunkFetch{}}
+	r := &remote{name: name, chunk: o.opt.Chunk, req: req, host: h, retries: o.opt.Retries, retryBase: o.opt.RetryBase, obs: o.opt.Observer, chunks: map[int64]*chunkFetch{}}
 	var resp *http.Response
 	var err error
 	for attempt := 0; ; attempt++ {

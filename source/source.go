@@ -52,9 +52,33 @@ type Options struct {
 	// (default 100 ms).
 	RetryBase time.Duration
 	Logger    *slog.Logger
+	// Observer is told about every request to a remote source (metrics).
+	Observer Observer
 	// certsRoot overrides /etc (tests).
 	certsRoot string
 }
+
+// Observer is told about the requests of remote sources; source is the
+// blob's redacted name. Package metrics implements it. Calls come from many
+// goroutines at once.
+type Observer interface {
+	// FetchStart is called when a ranged GET is sent.
+	FetchStart(source string)
+	// FetchDone is called when it has ended: bytes received and checked
+	// (0 on error), the time it took, and its error if any.
+	FetchDone(source string, bytes int, took time.Duration, err error)
+	// FetchRetry is called before a failed request is retried.
+	FetchRetry(source string)
+	// FetchFailed is called when a read gives up (its caller gets EIO).
+	FetchFailed(source string)
+}
+
+type nopObserver struct{}
+
+func (nopObserver) FetchStart(string)                           {}
+func (nopObserver) FetchDone(string, int, time.Duration, error) {}
+func (nopObserver) FetchRetry(string)                           {}
+func (nopObserver) FetchFailed(string)                          {}
 
 // IsRemote reports whether spec names a remote source.
 func IsRemote(spec string) bool {
@@ -87,6 +111,9 @@ func NewOpener(opt Options) *Opener {
 	}
 	if opt.Logger == nil {
 		opt.Logger = slog.New(slog.NewTextHandler(io.Discard, nil))
+	}
+	if opt.Observer == nil {
+		opt.Observer = nopObserver{}
 	}
 	return &Opener{opt: opt, hosts: newHostPool(opt)}
 }

@@ -54,22 +54,40 @@ func (r *remoteFlags) register(fs *pflag.FlagSet) {
 	fs.IntVar(&r.retries, "fetch-retries", 5, "retries of a failed remote read (exponential backoff with jitter)")
 }
 
-func (r *remoteFlags) opener(log *slog.Logger) *source.Opener {
+// options turns the flags into source options; a bad --fetch-chunk is an
+// error.
+func (r *remoteFlags) options(log *slog.Logger) (source.Options, error) {
 	chunk, err := parseSize(r.chunk)
 	if err != nil || chunk < 4096 || chunk > 64<<20 {
-		chunk = 1 << 20
+		return source.Options{}, fmt.Errorf("--fetch-chunk %q: want 4K..64M", r.chunk)
+	}
+	if r.parallel < 1 || r.parallel > 1024 {
+		return source.Options{}, fmt.Errorf("--fetch-parallel %d: want 1..1024", r.parallel)
+	}
+	if r.retries < 0 || r.retries > 100 {
+		return source.Options{}, fmt.Errorf("--fetch-retries %d: want 0..100", r.retries)
 	}
 	retries := r.retries
 	if retries == 0 {
 		retries = -1
 	}
-	return source.NewOpener(source.Options{AuthFile: r.authFile, CertDir: r.certDir, Insecure: r.insecure,
-		Chunk: chunk, Parallel: r.parallel, Retries: retries, Logger: log})
+	return source.Options{AuthFile: r.authFile, CertDir: r.certDir, Insecure: r.insecure,
+		Chunk: chunk, Parallel: r.parallel, Retries: retries, Logger: log}, nil
+}
+
+// opener returns an opener for the flags (checked by resolve, which every
+// command calls first).
+func (r *remoteFlags) opener(log *slog.Logger) *source.Opener {
+	o, _ := r.options(log)
+	return source.NewOpener(o)
 }
 
 // resolve merges positional arguments into the blob list. pos are the
 // positional arguments that name images (at most one, and only without --blob).
 func (f *imageFlags) resolve(pos []string) ([]string, error) {
+	if _, err := f.remote.options(nil); err != nil {
+		return nil, err
+	}
 	switch {
 	case len(pos) > 1:
 		return nil, fmt.Errorf("more than one positional IMAGE (%s); use --blob FILE for each device", strings.Join(pos, " "))

@@ -72,16 +72,3 @@ func TestLsMatchesSourceTree(t *testing.T) {
 		t.Fatalf("ls of a subtree:\n%s", out.String())
 	}
 }
-
-func TestDefaultDescriptionBounded(t *testing.T) {
-	var blobs []string
-	for i := 0; i < 1000; i++ {
-		blobs = append(blobs, "/var/lib/images/some/long/path/layer-blob-number.erofs")
-	}
-	if d := defaultDescription(blobs); len(d) > 4096 || !strings.Contains(d, "999 blobs") {
-		t.Fatalf("description %d bytes: %.80s", len(d), d)
-	}
-	if d := defaultDescription([]string{"p", "b"}); d != "erofs-blockd: p + b" {
-		t.Fatal(d)
-	}
-}

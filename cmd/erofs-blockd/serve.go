@@ -13,7 +13,6 @@ import (
 	"syscall"
 	"time"
 
-	"github.com/erofs-blockd/erofs-blockd/metrics"
 	"github.com/erofs-blockd/erofs-blockd/nbd"
 	"github.com/erofs-blockd/erofs-blockd/nbd/kernel"
 	"github.com/erofs-blockd/erofs-blockd/source"
@@ -95,17 +94,20 @@ func runServe(args []string, stdout, stderr io.Writer) int {
 		fmt.Fprintln(stderr, "erofs-blockd serve:", err)
 		return exitUnusable
 	}
-	img.op = img.remote.opener(log)
-	state, err := ef.newDaemonState(log, img.op)
+	if _, err := img.remote.options(log); err != nil {
+		fmt.Fprintln(stderr, "erofs-blockd serve:", err)
+		return exitUnusable
+	}
+	dmn, err := ef.newDaemon(log, &img, cf)
 	if err != nil {
 		fmt.Fprintln(stderr, "erofs-blockd serve:", err)
 		return exitUnusable
 	}
-	defer state.Close()
+	defer dmn.Close()
 	for _, sp := range specs {
-		ex, err := state.add(sp, cf, stderr)
+		ex, err := dmn.Add(sp)
 		if err == nil {
-			err = checkImage(ex.flat, *check)
+			err = checkImage(ex.Flat, *check)
 		}
 		if err != nil {
 			if len(specs) > 1 {
@@ -115,9 +117,9 @@ func runServe(args []string, stdout, stderr io.Writer) int {
 			return exitUnusable
 		}
 	}
-	dev, paths := state.exports[0].flat, state.exports[0].spec.Blobs
-	*name = state.exports[0].spec.Name
-	mtr := metrics.New(version(), state.metricsSources())
+	exports := dmn.Exports()
+	dev, paths := exports[0].Flat, exports[0].Spec.Blobs
+	*name = exports[0].Spec.Name
 
 	ncfg := nbd.Config{
 		MaxRequest:     uint32(maxReq),
@@ -126,17 +128,10 @@ func runServe(args []string, stdout, stderr io.Writer) int {
 		Logger:         log,
 	}
 	sec.apply(&ncfg)
-	ncfg.Observer = mtr
-	srv := nbd.NewServer(ncfg)
-	for _, ex := range state.exports {
-		desc := ex.spec.Description
-		if desc == "" {
-			desc = defaultDescription(ex.spec.Blobs)
-		}
-		if err := srv.AddExport(nbd.Export{Name: ex.spec.Name, Description: desc, Device: ex.dev}); err != nil {
-			fmt.Fprintln(stderr, "erofs-blockd serve:", err)
-			return exitUnusable
-		}
+	srv, err := dmn.NBDServer(ncfg)
+	if err != nil {
+		fmt.Fprintln(stderr, "erofs-blockd serve:", err)
+		return exitUnusable
 	}
 
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
@@ -155,12 +150,12 @@ func runServe(args []string, stdout, stderr io.Writer) int {
 			return exitUnusable
 		}
 		listeners = append(listeners, l)
-		for _, ex := range state.exports {
+		for _, ex := range exports {
 			u := uri
-			if ex.spec.Name != "" {
-				u = withExportName(uri, ex.spec.Name)
+			if ex.Spec.Name != "" {
+				u = withExportName(uri, ex.Spec.Name)
 			}
-			fmt.Fprintf(stdout, "serving %s (%d bytes)\n", u, ex.flat.Size())
+			fmt.Fprintf(stdout, "serving %s (%d bytes)\n", u, ex.Flat.Size())
 		}
 		wg.Add(1)
 		go func() {
@@ -171,13 +166,16 @@ func runServe(args []string, stdout, stderr io.Writer) int {
 		}()
 	}
 
-	stopMetrics, err := startMetrics(ef.metricsListen, mtr, stdout, log)
-	if err != nil {
-		fmt.Fprintln(stderr, "erofs-blockd serve:", err)
-		shutdown(srv, listeners, nil, log)
-		return exitUnusable
+	if ef.metricsListen != "" {
+		addr, stopMetrics, err := dmn.ServeMetrics(ef.metricsListen)
+		if err != nil {
+			fmt.Fprintln(stderr, "erofs-blockd serve:", err)
+			shutdown(srv, listeners, nil, log)
+			return exitUnusable
+		}
+		defer stopMetrics()
+		fmt.Fprintf(stdout, "metrics http://%s/metrics\n", addr)
 	}
-	defer stopMetrics()
 
 	var kdev *kernel.Device
 	if device != "" {
@@ -214,7 +212,7 @@ func runServe(args []string, stdout, stderr io.Writer) int {
 		fmt.Fprintf(stdout, "%s %s (%d bytes, %d connections, read-only)\n", sec.attachVerb(), kdev.Path(), dev.Size(), n)
 	}
 
-	if err := uf.attach(state.exports[0].dev, *blockSize, uint32(dev.Superblock().BlockSize()), stdout, log); err != nil {
+	if err := uf.attach(exports[0].Dev, *blockSize, uint32(dev.Superblock().BlockSize()), stdout, log); err != nil {
 		fmt.Fprintln(stderr, "erofs-blockd serve:", err)
 		shutdown(srv, listeners, kdev, log)
 		return exitUnusable
@@ -269,15 +267,4 @@ func withExportName(uri, name string) string {
 		return uri[:i+4] + name + uri[i+4:]
 	}
 	return uri + "/" + name
-}
-
-// defaultDescription names the primary and the blobs, shortened so it stays
-// well inside NBD's 4096-byte limit for any number of blobs.
-func defaultDescription(blobs []string) string {
-	blobs = source.Redacted(blobs)
-	desc := "erofs-blockd: " + strings.Join(blobs, " + ")
-	if len(desc) <= 1024 || len(blobs) == 0 {
-		return desc
-	}
-	return fmt.Sprintf("erofs-blockd: %s + %d blobs", blobs[0], len(blobs)-1)
 }
