@@ -18,10 +18,20 @@ import (
 // maxMerge caps how many adjacent missing chunks one GET fetches.
 const maxMerge = 8
 
-// keptChunks is how many fetched chunks a remote blob keeps in memory for
-// readers that come back to them (readahead, unaligned requests). It bounds
-// memory: keptChunks × Chunk per blob.
-const keptChunks = 16
+// Fetched chunks stay in memory for readers that come back to them
+// (readahead, unaligned requests) under one budget per Opener: the larger
+// of keptBytes and keptChunks chunks. Anything longer-lived belongs in the
+// content cache (--cache-size).
+const (
+	keptBytes  = 64 << 20
+	keptChunks = 16
+)
+
+// readaheadMax caps the readahead window of a sequential reader, in chunks.
+const readaheadMax = maxMerge
+
+// streams is how many sequential readers per blob are tracked.
+const streams = 4
 
 // requester performs one authenticated ranged GET of a blob's URL; the
 // registry flavour adds tokens and re-resolves redirects.
@@ -50,18 +60,29 @@ type remote struct {
 	retryBase time.Duration
 	obs       Observer
 
-	mu     sync.Mutex
-	chunks map[int64]*chunkFetch
-	lru    []int64 // fetched chunk indexes, oldest first
+	keep    *keeper
+	mu      sync.Mutex
+	chunks  map[int64]*chunkFetch
+	seq     [streams]stream // sequential readers, for readahead
+	seqNext int
 
 	requests, bytes, nretries, errs atomic.Uint64
 	inflight                        atomic.Int64
 }
 
+// stream is one sequential reader: where its last read ended and how many
+// reads in a row continued it.
+type stream struct {
+	end   int64
+	run   int
+	ahead int64 // last chunk already claimed ahead
+}
+
 type chunkFetch struct {
-	done chan struct{}
-	data []byte
-	err  error
+	ahead bool // started by readahead, not by a reader of it
+	done  chan struct{}
+	data  []byte
+	err   error
 }
 
 func (r *remote) Size() int64      { return r.size }
@@ -91,10 +112,20 @@ func (r *remote) ReadAt(p []byte, off int64) (int, error) {
 	}
 	first, last := off/r.chunk, (off+want-1)/r.chunk
 	fetches := r.claim(first, last)
+	if lo, hi := r.sequential(off, off+want, last); lo <= hi {
+		// A sequential reader: start the next chunks now, without waiting.
+		r.claimAhead(lo, hi)
+	}
 	n := 0
 	for i := first; i <= last; i++ {
 		cf := fetches[i-first]
 		<-cf.done
+		if cf.err != nil && cf.ahead {
+			// A readahead fetch failed: this reader asked for the chunk
+			// itself, so it gets a fetch (and retries) of its own.
+			cf = r.claim(i, i)[0]
+			<-cf.done
+		}
 		if cf.err != nil {
 			return n, cf.err
 		}
@@ -106,9 +137,47 @@ func (r *remote) ReadAt(p []byte, off int64) (int, error) {
 	return n, eof
 }
 
+// sequential records a read of [off, end) whose last chunk is last and
+// returns the chunks to read ahead (lo > hi: none). A reader that keeps
+// continuing where it stopped gets a window doubling up to readaheadMax
+// chunks, topped up only when less than half of it is left ahead, so the
+// readahead GETs stay merged.
+func (r *remote) sequential(off, end, last int64) (lo, hi int64) {
+	nchunks := (r.size + r.chunk - 1) / r.chunk
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	for i := range r.seq {
+		s := &r.seq[i]
+		if s.end > 0 && off >= s.end-r.chunk && off <= s.end {
+			if end > s.end {
+				s.end = end
+			}
+			s.run++
+			ra := int64(min(1<<min(s.run, 6), readaheadMax))
+			if s.ahead-last >= ra/2 {
+				return 1, 0
+			}
+			lo, hi = max(last, s.ahead)+1, min(last+ra, nchunks-1)
+			if hi >= lo {
+				s.ahead = hi
+			}
+			return lo, hi
+		}
+	}
+	r.seq[r.seqNext] = stream{end: end}
+	r.seqNext = (r.seqNext + 1) % streams
+	return 1, 0
+}
+
 // claim returns the fetch of every chunk in [first, last], starting GETs
 // for runs of missing ones.
-func (r *remote) claim(first, last int64) []*chunkFetch {
+func (r *remote) claim(first, last int64) []*chunkFetch { return r.claimAs(first, last, false) }
+
+// claimAhead starts fetches of the missing chunks in [first, last] for
+// readahead.
+func (r *remote) claimAhead(first, last int64) { r.claimAs(first, last, true) }
+
+func (r *remote) claimAs(first, last int64, ahead bool) []*chunkFetch {
 	out := make([]*chunkFetch, 0, last-first+1)
 	var run []int64
 	var runF []*chunkFetch
@@ -131,7 +200,7 @@ func (r *remote) claim(first, last int64) []*chunkFetch {
 			}
 		}
 		if cf == nil {
-			cf = &chunkFetch{done: make(chan struct{})}
+			cf = &chunkFetch{ahead: ahead, done: make(chan struct{})}
 			r.chunks[i] = cf
 			run, runF = append(run, i), append(runF, cf)
 			if len(run) == maxMerge {
@@ -160,18 +229,6 @@ func (r *remote) fetchRun(first int64, fs []*chunkFetch) {
 		}
 		lo := int64(i) * r.chunk
 		cf.data = buf[lo:min(lo+r.chunk, int64(len(buf)))]
-		r.lru = append(r.lru, first+int64(i))
-	}
-	for len(r.lru) > keptChunks {
-		old := r.lru[0]
-		r.lru = r.lru[1:]
-		if cf := r.chunks[old]; cf != nil {
-			select {
-			case <-cf.done:
-				delete(r.chunks, old)
-			default:
-			}
-		}
 	}
 	if err != nil {
 		for i := range fs {
@@ -183,6 +240,71 @@ func (r *remote) fetchRun(first int64, fs []*chunkFetch) {
 	r.mu.Unlock()
 	for _, cf := range fs {
 		close(cf.done)
+	}
+	if err == nil {
+		r.keep.add(r, first, len(fs), int64(len(buf)))
+	}
+}
+
+// drop forgets chunk i if it is the fetched chunk cf (the keeper's budget
+// ran out). Readers already holding cf keep its data.
+func (r *remote) drop(i int64, cf *chunkFetch) {
+	r.mu.Lock()
+	if r.chunks[i] == cf {
+		delete(r.chunks, i)
+	}
+	r.mu.Unlock()
+}
+
+// keeper bounds the fetched chunks all blobs of an Opener keep in memory,
+// oldest dropped first.
+type keeper struct {
+	mu    sync.Mutex
+	max   int64
+	bytes int64
+	fifo  []kept
+}
+
+type kept struct {
+	r  *remote
+	i  int64
+	cf *chunkFetch
+	n  int64
+}
+
+func newKeeper(chunk int64) *keeper { return &keeper{max: max(keptBytes, keptChunks*chunk)} }
+
+// add records n fetched chunks of r from index first (total bytes) and
+// drops the oldest beyond the budget. It must not be called with r.mu held.
+func (k *keeper) add(r *remote, first int64, n int, total int64) {
+	r.mu.Lock()
+	var cfs []*chunkFetch
+	for i := 0; i < n; i++ {
+		cfs = append(cfs, r.chunks[first+int64(i)])
+	}
+	r.mu.Unlock()
+	k.mu.Lock()
+	for i, cf := range cfs {
+		if cf == nil {
+			continue
+		}
+		sz := int64(len(cf.data))
+		k.fifo = append(k.fifo, kept{r: r, i: first + int64(i), cf: cf, n: sz})
+		k.bytes += sz
+	}
+	var out []kept
+	for k.bytes > k.max && len(k.fifo) > 0 {
+		out = append(out, k.fifo[0])
+		k.bytes -= k.fifo[0].n
+		k.fifo[0] = kept{}
+		k.fifo = k.fifo[1:]
+	}
+	if cap(k.fifo) > 4*len(k.fifo)+64 { // let the dropped prefix go
+		k.fifo = append([]kept(nil), k.fifo...)
+	}
+	k.mu.Unlock()
+	for _, e := range out {
+		e.r.drop(e.i, e.cf)
 	}
 }
 
@@ -316,7 +438,7 @@ func parseContentRange(s string) (a, b, total int64, err error) {
 // probe asks for byte 0 to learn the size and validator and to check that
 // ranges work.
 func (o *Opener) probe(ctx context.Context, req requester, name, id string, h *host) (*remote, error) {
-	r := &remote{name: name, chunk: o.opt.Chunk, req: req, host: h, retries: o.opt.Retries, retryBase: o.opt.RetryBase, obs: o.opt.Observer, chunks: map[int64]*chunkFetch{}}
+	r := &remote{name: name, chunk: o.opt.Chunk, req: req, host: h, retries: o.opt.Retries, retryBase: o.opt.RetryBase, obs: o.opt.Observer, keep: o.keep, chunks: map[int64]*chunkFetch{}}
 	var resp *http.Response
 	var err error
 	for attempt := 0; ; attempt++ {

