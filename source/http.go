@@ -50,11 +50,11 @@ func (o *Opener) openHTTP(ctx context.Context, spec string) (Blob, error) {
 		return nil, fmt.Errorf("blob %q: not a URL", redactSpec(spec))
 	}
 	name := redact(u)
-	tc, err := o.tlsConfig(u.Host)
+	c, err := o.httpClient(u.Scheme + "://" + u.Host)
 	if err != nil {
 		return nil, fmt.Errorf("%s: %w", name, err)
 	}
-	p := &plainHTTP{client: &http.Client{Transport: newTransport(tc)}, u: u, name: name}
+	p := &plainHTTP{client: c, u: u, name: name}
 	return o.probe(ctx, p, name, "", o.hosts.get(u.Host))
 }
 
@@ -63,6 +63,27 @@ func redactSpec(s string) string {
 		return redact(u)
 	}
 	return "(unparsable URL)"
+}
+
+// httpClient returns the one client (connection pool, HTTP/2 session) of
+// scheme://host:port, shared by every blob there.
+func (o *Opener) httpClient(origin string) (*http.Client, error) {
+	o.hosts.mu.Lock()
+	defer o.hosts.mu.Unlock()
+	if c := o.clients[origin]; c != nil {
+		return c, nil
+	}
+	u, _ := url.Parse(origin)
+	tc, err := o.tlsConfig(u.Host)
+	if err != nil {
+		return nil, err
+	}
+	if o.clients == nil {
+		o.clients = map[string]*http.Client{}
+	}
+	c := &http.Client{Transport: newTransport(tc)}
+	o.clients[origin] = c
+	return c, nil
 }
 
 // newTransport is the HTTP transport for remote blobs: keep-alive, HTTP/2

@@ -12,6 +12,7 @@ import (
 	"fmt"
 	"io"
 	"log/slog"
+	"net/http"
 	"os"
 	"strings"
 	"syscall"
@@ -88,10 +89,11 @@ func IsRemote(spec string) bool {
 // Opener opens sources with shared state (HTTP clients, tokens, per-host
 // limits), so many blobs on one registry share connections and tokens.
 type Opener struct {
-	opt   Options
-	hosts *hostPool
-	keep  *keeper
-	regs  map[string]*registry // guarded by hosts.mu
+	opt     Options
+	hosts   *hostPool
+	keep    *keeper
+	regs    map[string]*registry    // guarded by hosts.mu
+	clients map[string]*http.Client // plain HTTP(S) sources by origin; guarded by hosts.mu
 }
 
 // NewOpener returns an Opener. It is safe for concurrent use.
