@@ -2,6 +2,8 @@ package source
 
 import (
 	"context"
+	"crypto/sha256"
+	"encoding/json"
 	"errors"
 	"fmt"
 	"io"
@@ -46,6 +48,7 @@ type requester interface {
 type Stats struct {
 	Requests, Bytes, Retries, Errors uint64
 	InFlight                         int64
+	StoreHits                        uint64 // chunks read from the ChunkStore
 }
 
 // remote is a lazily read blob behind ranged GETs.
@@ -60,7 +63,13 @@ type remote struct {
 	retryBase time.Duration
 	obs       Observer
 
-	keep    *keeper
+	keep *keeper
+	// store is the persistent chunk store (nil: none); storeKey names
+	// this blob's content and chunking in it.
+	store     ChunkStore
+	storeKey  string
+	storeHits atomic.Uint64
+
 	mu      sync.Mutex
 	chunks  map[int64]*chunkFetch
 	seq     [streams]stream // sequential readers, for readahead
@@ -92,7 +101,7 @@ func (r *remote) Close() error     { return nil }
 
 // Stats returns the counters.
 func (r *remote) Stats() Stats {
-	return Stats{Requests: r.requests.Load(), Bytes: r.bytes.Load(), Retries: r.nretries.Load(), Errors: r.errs.Load(), InFlight: r.inflight.Load()}
+	return Stats{Requests: r.requests.Load(), Bytes: r.bytes.Load(), Retries: r.nretries.Load(), Errors: r.errs.Load(), InFlight: r.inflight.Load(), StoreHits: r.storeHits.Load()}
 }
 
 // ReadAt reads [off, off+len(p)), fetching the chunks it covers that are
@@ -218,9 +227,64 @@ func (r *remote) claimAs(first, last int64, ahead bool) []*chunkFetch {
 
 // fetchRun fetches len(fs) chunks starting at chunk index first.
 func (r *remote) fetchRun(first int64, fs []*chunkFetch) {
+	if r.store == nil {
+		r.fetchRange(first, fs)
+		return
+	}
+	// Chunks the store has are served from it; the misses are fetched in
+	// runs of adjacent chunks, in parallel.
+	var wg sync.WaitGroup
+	runStart := -1
+	flush := func(end int) {
+		if runStart >= 0 {
+			a, sub := first+int64(runStart), fs[runStart:end]
+			wg.Add(1)
+			go func() { defer wg.Done(); r.fetchRange(a, sub) }()
+			runStart = -1
+		}
+	}
+	for i, cf := range fs {
+		idx := first + int64(i)
+		n := r.chunkLen(idx)
+		buf := make([]byte, n)
+		if got, ok := r.store.Get(r.storeKey, idx, buf); ok && got == len(buf) {
+			flush(i)
+			r.storeHits.Add(1)
+			r.finish(idx, []*chunkFetch{cf}, buf, nil)
+			continue
+		}
+		if runStart < 0 {
+			runStart = i
+		}
+	}
+	flush(len(fs))
+	wg.Wait()
+}
+
+// chunkLen is the length of chunk idx (the last one may be short).
+func (r *remote) chunkLen(idx int64) int {
+	start := idx * r.chunk
+	return int(min(start+r.chunk, r.size) - start)
+}
+
+// fetchRange fetches len(fs) chunks from index first with one ranged GET
+// (and its retries), stores them, and completes their fetches.
+func (r *remote) fetchRange(first int64, fs []*chunkFetch) {
 	start := first * r.chunk
 	end := min(start+int64(len(fs))*r.chunk, r.size) // exclusive
 	buf, err := r.get(start, end)
+	if err == nil && r.store != nil {
+		for i := range fs {
+			lo := int64(i) * r.chunk
+			r.store.Put(r.storeKey, first+int64(i), buf[lo:min(lo+r.chunk, int64(len(buf)))])
+		}
+	}
+	r.finish(first, fs, buf, err)
+}
+
+// finish completes the fetches of len(fs) chunks from index first with
+// their bytes (buf) or err.
+func (r *remote) finish(first int64, fs []*chunkFetch, buf []byte, err error) {
 	r.mu.Lock()
 	for i, cf := range fs {
 		if err != nil {
@@ -438,7 +502,12 @@ func parseContentRange(s string) (a, b, total int64, err error) {
 // probe asks for byte 0 to learn the size and validator and to check that
 // ranges work.
 func (o *Opener) probe(ctx context.Context, req requester, name, id string, h *host) (*remote, error) {
-	r := &remote{name: name, chunk: o.opt.Chunk, req: req, host: h, retries: o.opt.Retries, retryBase: o.opt.RetryBase, obs: o.opt.Observer, keep: o.keep, chunks: map[int64]*chunkFetch{}}
+	r := &remote{name: name, chunk: o.opt.Chunk, req: req, host: h, retries: o.opt.Retries, retryBase: o.opt.RetryBase,
+		obs: o.opt.Observer, keep: o.keep, store: o.opt.Store, chunks: map[int64]*chunkFetch{}}
+	metaKey := "meta:" + name
+	if id != "" {
+		metaKey = "meta:" + id
+	}
 	var resp *http.Response
 	var err error
 	for attempt := 0; ; attempt++ {
@@ -457,6 +526,19 @@ func (o *Opener) probe(ctx context.Context, req requester, name, id string, h *h
 		time.Sleep(time.Duration(200*(attempt+1)) * time.Millisecond)
 	}
 	if err != nil {
+		// Unreachable (not refused): a blob whose size the store knows
+		// opens anyway and serves what is cached.
+		var rt *retryable
+		if r.store != nil && (resp == nil || errors.As(err, &rt)) {
+			if m, ok := r.store.GetMeta(metaKey); ok {
+				var meta blobMeta
+				if json.Unmarshal(m, &meta) == nil && meta.Size > 0 {
+					o.opt.Logger.Warn("remote source unreachable; serving it from the disk cache", "source", name, "err", err)
+					r.size, r.validator = meta.Size, meta.Validator
+					return r.finishProbe(id), nil
+				}
+			}
+		}
 		return nil, err
 	}
 	defer resp.Body.Close()
@@ -478,11 +560,40 @@ func (o *Opener) probe(ctx context.Context, req requester, name, id string, h *h
 	} else if lm := resp.Header.Get("Last-Modified"); lm != "" {
 		r.validator = lm
 	}
-	r.id = id
-	if r.id == "" {
-		r.id = fmt.Sprintf("http:%s:%s:%d", name, r.validator, r.size)
+	r.finishProbe(id)
+	if r.store != nil && r.storeKey != "" {
+		m, _ := json.Marshal(blobMeta{Size: r.size, Validator: r.validator})
+		r.store.PutMeta(metaKey, m)
 	}
 	return r, nil
+}
+
+// blobMeta is what the store keeps to open a blob offline.
+type blobMeta struct {
+	Size      int64  `json:"size"`
+	Validator string `json:"validator,omitempty"`
+}
+
+// finishProbe sets the identity and the store key once size and validator
+// are known. An OCI blob is named by its digest; an HTTP object by URL,
+// validator and size, and without a validator it is not stored (a
+// changed object could not be told from the old one).
+func (r *remote) finishProbe(id string) *remote {
+	r.id = id
+	if r.id == "" {
+		r.id = fmt.Sprintf("http:%s:%s:%d", r.name, r.validator, r.size)
+	}
+	switch {
+	case r.store == nil:
+	case strings.HasPrefix(id, "oci:"):
+		r.storeKey = fmt.Sprintf("%s/%d/c%d", id, r.size, r.chunk)
+	case r.validator != "":
+		h := sha256.Sum256([]byte(r.id))
+		r.storeKey = fmt.Sprintf("http:%x/c%d", h[:16], r.chunk)
+	default:
+		r.store = nil
+	}
+	return r
 }
 
 // redact drops user info and the query (presigned URLs carry secrets there).

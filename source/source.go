@@ -53,10 +53,25 @@ type Options struct {
 	// (default 100 ms).
 	RetryBase time.Duration
 	Logger    *slog.Logger
+	// Store, if set, keeps fetched chunks across restarts (package
+	// diskcache): OCI blobs by digest, HTTP objects by URL, validator and
+	// size; blob sizes are kept too, so a cached blob opens while its
+	// server is unreachable.
+	Store ChunkStore
 	// Observer is told about every request to a remote source (metrics).
 	Observer Observer
 	// certsRoot overrides /etc (tests).
 	certsRoot string
+}
+
+// ChunkStore is a persistent store of fetched chunks (package diskcache).
+// Get fills p and reports success only for an intact chunk; Put is best
+// effort. Keys are opaque.
+type ChunkStore interface {
+	Get(key string, idx int64, p []byte) (int, bool)
+	Put(key string, idx int64, data []byte)
+	GetMeta(key string) ([]byte, bool)
+	PutMeta(key string, val []byte)
 }
 
 // Observer is told about the requests of remote sources; source is the

@@ -344,3 +344,88 @@ func TestReadaheadAndBudget(t *testing.T) {
 		t.Fatalf("random reads fetched %d bytes for 16 chunks", s.Bytes)
 	}
 }
+
+// mapStore is an in-memory ChunkStore for the fetcher's tests (the real
+// one, package diskcache, has its own).
+type mapStore struct {
+	mu sync.Mutex
+	m  map[string][]byte
+}
+
+func (s *mapStore) Get(key string, idx int64, p []byte) (int, bool) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	d, ok := s.m[fmt.Sprintf("%s#%d", key, idx)]
+	return copy(p, d), ok
+}
+func (s *mapStore) Put(key string, idx int64, data []byte) {
+	s.mu.Lock()
+	s.m[fmt.Sprintf("%s#%d", key, idx)] = append([]byte(nil), data...)
+	s.mu.Unlock()
+}
+func (s *mapStore) GetMeta(key string) ([]byte, bool) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	d, ok := s.m[key+"#-1"]
+	return d, ok
+}
+
+func (s *mapStore) PutMeta(key string, val []byte) { s.Put(key, -1, val) }
+
+// TestStoreWarmAndOffline: with a ChunkStore a second opener (a restart)
+// fetches no blob bytes, and with the server gone the blob still opens and
+// serves what is stored; a changed object gets a new key.
+func TestStoreWarmAndOffline(t *testing.T) {
+	data := testBlob(t, 1<<20+123)
+	var down atomic.Bool
+	var served atomic.Int64
+	etag := `"v1"`
+	srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		if down.Load() {
+			hj, _ := w.(http.Hijacker)
+			c, _, _ := hj.Hijack()
+			c.Close()
+			return
+		}
+		w.Header().Set("ETag", etag)
+		if r.Header.Get("Range") != "bytes=0-0" {
+			served.Add(1)
+		}
+		http.ServeContent(w, r, "b", time.Time{}, bytes.NewReader(data))
+	}))
+	defer srv.Close()
+	st := &mapStore{m: map[string][]byte{}}
+	opt := Options{Chunk: 64 << 10, Store: st, Retries: 1, RetryBase: time.Millisecond}
+	b, err := NewOpener(opt).Open(context.Background(), srv.URL+"/b")
+	if err != nil {
+		t.Fatal(err)
+	}
+	checkEveryByte(t, b, data)
+	cold := served.Load()
+	b2, err := NewOpener(opt).Open(context.Background(), srv.URL+"/b")
+	if err != nil {
+		t.Fatal(err)
+	}
+	checkEveryByte(t, b2, data)
+	if served.Load() != cold {
+		t.Fatalf("warm restart fetched %d more ranges", served.Load()-cold)
+	}
+	down.Store(true)
+	b3, err := NewOpener(opt).Open(context.Background(), srv.URL+"/b")
+	if err != nil {
+		t.Fatalf("offline open: %v", err)
+	}
+	checkEveryByte(t, b3, data)
+	down.Store(false)
+	if b.(*remote).storeKey == "" || b.(*remote).storeKey != b2.(*remote).storeKey {
+		t.Fatalf("store keys %q %q", b.(*remote).storeKey, b2.(*remote).storeKey)
+	}
+	etag = `"v2"`
+	b4, err := NewOpener(opt).Open(context.Background(), srv.URL+"/b")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if b4.(*remote).storeKey == b.(*remote).storeKey {
+		t.Fatal("a changed object kept its store key")
+	}
+}
