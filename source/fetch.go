@@ -61,6 +61,7 @@ type remote struct {
 	host      *host
 	retries   int
 	retryBase time.Duration
+	stall     time.Duration
 	obs       Observer
 
 	keep *keeper
@@ -428,11 +429,19 @@ func (r *remote) attempt(start, end int64) (buf []byte, err error) {
 	}()
 	ctx, cancel := context.WithTimeout(context.Background(), r.host.reqTimeout(end-start))
 	defer cancel()
+	// A request that makes no progress for the stall timeout (no answer,
+	// or no body bytes) is cancelled and retried.
+	stall := time.AfterFunc(r.stall, cancel)
+	defer stall.Stop()
 	resp, err := r.req.do(ctx, fmt.Sprintf("bytes=%d-%d", start, end-1), r.validator)
 	if err != nil {
+		if !stall.Stop() {
+			err = fmt.Errorf("no progress for %v: %w", r.stall, err)
+		}
 		return nil, &retryable{err: err}
 	}
 	defer resp.Body.Close()
+	resp.Body = &progressBody{ReadCloser: resp.Body, t: stall, d: r.stall}
 	if err := statusError(resp, r.req.where()); err != nil {
 		return nil, err
 	}
@@ -454,6 +463,21 @@ func (r *remote) attempt(start, end int64) (buf []byte, err error) {
 		return nil, &retryable{err: fmt.Errorf("%s: body longer than bytes=%d-%d", r.req.where(), start, end-1)}
 	}
 	return buf, nil
+}
+
+// progressBody restarts the stall timer whenever bytes arrive.
+type progressBody struct {
+	io.ReadCloser
+	t *time.Timer
+	d time.Duration
+}
+
+func (b *progressBody) Read(p []byte) (int, error) {
+	n, err := b.ReadCloser.Read(p)
+	if n > 0 {
+		b.t.Reset(b.d)
+	}
+	return n, err
 }
 
 // statusError classifies a non-2xx status: 5xx and 429 are retried.
@@ -502,7 +526,7 @@ func parseContentRange(s string) (a, b, total int64, err error) {
 // probe asks for byte 0 to learn the size and validator and to check that
 // ranges work.
 func (o *Opener) probe(ctx context.Context, req requester, name, id string, h *host) (*remote, error) {
-	r := &remote{name: name, chunk: o.opt.Chunk, req: req, host: h, retries: o.opt.Retries, retryBase: o.opt.RetryBase,
+	r := &remote{name: name, chunk: o.opt.Chunk, req: req, host: h, retries: o.opt.Retries, retryBase: o.opt.RetryBase, stall: o.opt.StallTimeout,
 		obs: o.opt.Observer, keep: o.keep, store: o.opt.Store, chunks: map[int64]*chunkFetch{}}
 	metaKey := "meta:" + name
 	if id != "" {

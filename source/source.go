@@ -52,7 +52,10 @@ type Options struct {
 	// RetryBase is the first backoff delay, doubled per retry up to 5 s
 	// (default 100 ms).
 	RetryBase time.Duration
-	Logger    *slog.Logger
+	// StallTimeout cancels (and retries) a request that receives nothing
+	// for this long: no response, or no body bytes (default 10 s).
+	StallTimeout time.Duration
+	Logger       *slog.Logger
 	// Store, if set, keeps fetched chunks across restarts (package
 	// diskcache): OCI blobs by digest, HTTP objects by URL, validator and
 	// size; blob sizes are kept too, so a cached blob opens while its
@@ -121,6 +124,9 @@ func NewOpener(opt Options) *Opener {
 	}
 	if opt.RetryBase <= 0 {
 		opt.RetryBase = 100 * time.Millisecond
+	}
+	if opt.StallTimeout <= 0 {
+		opt.StallTimeout = 10 * time.Second
 	}
 	if opt.Retries < 0 {
 		opt.Retries = 0

@@ -429,3 +429,47 @@ func TestStoreWarmAndOffline(t *testing.T) {
 		t.Fatal("a changed object kept its store key")
 	}
 }
+
+// TestStallRetried: a server that stops sending in the middle of a body
+// (or before answering) is cut off after the stall timeout and the request
+// retried; the reader gets the right bytes.
+func TestStallRetried(t *testing.T) {
+	data := testBlob(t, 512<<10)
+	var n atomic.Int64
+	srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		if r.Header.Get("Range") != "bytes=0-0" {
+			switch n.Add(1) % 3 {
+			case 1: // stall before answering
+				select {
+				case <-r.Context().Done():
+				case <-time.After(5 * time.Second):
+				}
+				return
+			case 2: // stall in the middle of the body
+				rec := httptest.NewRecorder()
+				http.ServeContent(rec, r, "b", time.Time{}, bytes.NewReader(data))
+				for k, v := range rec.Header() {
+					w.Header()[k] = v
+				}
+				w.WriteHeader(rec.Code)
+				w.Write(rec.Body.Bytes()[:rec.Body.Len()/2])
+				w.(http.Flusher).Flush()
+				select {
+				case <-r.Context().Done():
+				case <-time.After(5 * time.Second):
+				}
+				return
+			}
+		}
+		http.ServeContent(w, r, "b", time.Time{}, bytes.NewReader(data))
+	}))
+	defer srv.Close()
+	b, err := NewOpener(Options{Chunk: 128 << 10, Retries: 4, RetryBase: time.Millisecond, StallTimeout: 150 * time.Millisecond}).Open(context.Background(), srv.URL+"/b")
+	if err != nil {
+		t.Fatal(err)
+	}
+	checkEveryByte(t, b, data)
+	if s := b.(*remote).Stats(); s.Retries == 0 {
+		t.Fatalf("no retries: %+v", s)
+	}
+}

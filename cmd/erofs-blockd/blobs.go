@@ -7,6 +7,7 @@ import (
 	"log/slog"
 	"os"
 	"strings"
+	"time"
 
 	"github.com/spf13/pflag"
 
@@ -43,6 +44,7 @@ type remoteFlags struct {
 	authFile, certDir, chunk string
 	insecure                 []string
 	parallel, retries        int
+	stall                    time.Duration
 }
 
 func (r *remoteFlags) register(fs *pflag.FlagSet) {
@@ -51,6 +53,7 @@ func (r *remoteFlags) register(fs *pflag.FlagSet) {
 	fs.StringArrayVar(&r.insecure, "insecure-registry", nil, "allow plain HTTP to registry `HOST:PORT` (repeatable)")
 	fs.StringVar(&r.chunk, "fetch-chunk", "1M", "fetch unit for remote blobs")
 	fs.IntVar(&r.parallel, "fetch-parallel", 8, "concurrent requests per remote host")
+	fs.DurationVar(&r.stall, "fetch-stall-timeout", 10*time.Second, "retry a remote request that receives nothing (no answer, no body bytes) for this long")
 	fs.IntVar(&r.retries, "fetch-retries", 5, "retries of a failed remote read (exponential backoff with jitter)")
 }
 
@@ -64,6 +67,9 @@ func (r *remoteFlags) options(log *slog.Logger) (source.Options, error) {
 	if r.parallel < 1 || r.parallel > 1024 {
 		return source.Options{}, fmt.Errorf("--fetch-parallel %d: want 1..1024", r.parallel)
 	}
+	if r.stall < 0 {
+		return source.Options{}, fmt.Errorf("--fetch-stall-timeout %v < 0", r.stall)
+	}
 	if r.retries < 0 || r.retries > 100 {
 		return source.Options{}, fmt.Errorf("--fetch-retries %d: want 0..100", r.retries)
 	}
@@ -72,7 +78,7 @@ func (r *remoteFlags) options(log *slog.Logger) (source.Options, error) {
 		retries = -1
 	}
 	return source.Options{AuthFile: r.authFile, CertDir: r.certDir, Insecure: r.insecure,
-		Chunk: chunk, Parallel: r.parallel, Retries: retries, Logger: log}, nil
+		Chunk: chunk, Parallel: r.parallel, Retries: retries, StallTimeout: r.stall, Logger: log}, nil
 }
 
 // opener returns an opener for the flags (checked by resolve, which every
