@@ -77,3 +77,12 @@ func (b *Backend) CountZeroCopy(n int64) {
 	b.reads.Add(1)
 	b.bytes.Add(uint64(n))
 }
+
+// Prefetch passes a prefetch to the input when it can (a remote blob);
+// the bytes are not counted as backend reads until a reader reads them.
+func (b *Backend) Prefetch(off, n int64) error {
+	if p, ok := b.R.(interface{ Prefetch(off, n int64) error }); ok {
+		return p.Prefetch(off, n)
+	}
+	return nil
+}

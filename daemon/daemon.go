@@ -118,6 +118,9 @@ type Config struct {
 	Source  source.Options
 	Logger  *slog.Logger
 	Version string // reported in erofs_blockd_build_info
+	// RecordTrace, if set, is a file the NBD reads are recorded to in
+	// first-access order (see Tracer; ReplayTrace reads it).
+	RecordTrace string
 }
 
 // Export is one composed export.
@@ -156,6 +159,7 @@ type Daemon struct {
 	op      *source.Opener
 	shared  *blobcache.Shared
 	metrics *metrics.Metrics
+	tracer  *Tracer
 
 	mu      sync.Mutex
 	files   map[string]*opened // by identity
@@ -196,6 +200,13 @@ func New(cfg Config) (*Daemon, error) {
 		so.Logger = cfg.Logger
 	}
 	d.op = source.NewOpener(so)
+	if cfg.RecordTrace != "" {
+		t, err := NewTracer(cfg.RecordTrace, d.metrics)
+		if err != nil {
+			return nil, err
+		}
+		d.tracer = t
+	}
 	return d, nil
 }
 
@@ -209,8 +220,14 @@ func (d *Daemon) Exports() []*Export {
 	return append([]*Export(nil), d.exports...)
 }
 
-// Close closes every opened source.
+// Close closes every opened source and the trace.
 func (d *Daemon) Close() {
+	if d.tracer != nil {
+		if err := d.tracer.Close(); err != nil {
+			d.log.Error("--record-trace", "err", err)
+		}
+		d.tracer = nil
+	}
 	d.mu.Lock()
 	defer d.mu.Unlock()
 	for _, o := range d.order {
@@ -307,6 +324,9 @@ func (d *Daemon) Add(spec Spec) (*Export, error) {
 // as its observer.
 func (d *Daemon) NBDServer(cfg nbd.Config) (*nbd.Server, error) {
 	cfg.Observer = d.metrics
+	if d.tracer != nil {
+		cfg.Observer = d.tracer
+	}
 	srv := nbd.NewServer(cfg)
 	for _, ex := range d.Exports() {
 		if err := srv.AddExport(nbd.Export{Name: ex.Spec.Name, Description: ex.Description(), Device: ex.Dev}); err != nil {

@@ -63,3 +63,22 @@ func (d *Device) FileRange(off, length int64) (*os.File, int64, bool) {
 	}
 	return f, run.DevOff, true
 }
+
+// Prefetch implements blockdev.Prefetcher (NBD_CMD_CACHE, trace replay):
+// each input of the range that can prefetch (a remote blob: at low
+// priority, into its chunk store) is asked to; others are left alone.
+func (d *Device) Prefetch(off, length int64) error {
+	if off < 0 || length <= 0 || off >= d.m.Size() {
+		return nil
+	}
+	length = min(length, d.m.Size()-off)
+	return d.m.Runs(off, length, func(r mapping.Run) error {
+		if r.Hole {
+			return nil
+		}
+		if p, ok := d.srcs[r.Dev].R.(blockdev.Prefetcher); ok {
+			return p.Prefetch(r.DevOff, r.Len)
+		}
+		return nil
+	})
+}

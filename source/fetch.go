@@ -89,10 +89,12 @@ type stream struct {
 }
 
 type chunkFetch struct {
-	ahead bool // started by readahead, not by a reader of it
-	done  chan struct{}
-	data  []byte
-	err   error
+	ahead  bool        // started by readahead, not by a reader of it
+	low    bool        // a prefetch: waits for idle request slots
+	wanted atomic.Bool // a reader waits for it (a low fetch stops yielding)
+	done   chan struct{}
+	data   []byte
+	err    error
 }
 
 func (r *remote) Size() int64      { return r.size }
@@ -129,6 +131,7 @@ func (r *remote) ReadAt(p []byte, off int64) (int, error) {
 	n := 0
 	for i := first; i <= last; i++ {
 		cf := fetches[i-first]
+		cf.wanted.Store(true)
 		<-cf.done
 		if cf.err != nil && cf.ahead {
 			// A readahead fetch failed: this reader asked for the chunk
@@ -145,6 +148,24 @@ func (r *remote) ReadAt(p []byte, off int64) (int, error) {
 		n += copy(p[lo-off:hi-off], cf.data[lo-cs:hi-cs])
 	}
 	return n, eof
+}
+
+// Prefetch fetches the chunks of [off, off+n) that are missing, at low
+// priority (after every demand read), and waits for them. With a
+// ChunkStore they land there; chunks already stored cost a local read.
+func (r *remote) Prefetch(off, n int64) error {
+	if n <= 0 || off >= r.size {
+		return nil
+	}
+	end := min(off+n, r.size)
+	first, last := off/r.chunk, (end-1)/r.chunk
+	for _, cf := range r.claimWith(first, last, false, true) {
+		<-cf.done
+		if cf.err != nil {
+			return cf.err
+		}
+	}
+	return nil
 }
 
 // sequential records a read of [off, end) whose last chunk is last and
@@ -188,6 +209,10 @@ func (r *remote) claim(first, last int64) []*chunkFetch { return r.claimAs(first
 func (r *remote) claimAhead(first, last int64) { r.claimAs(first, last, true) }
 
 func (r *remote) claimAs(first, last int64, ahead bool) []*chunkFetch {
+	return r.claimWith(first, last, ahead, false)
+}
+
+func (r *remote) claimWith(first, last int64, ahead, low bool) []*chunkFetch {
 	out := make([]*chunkFetch, 0, last-first+1)
 	var run []int64
 	var runF []*chunkFetch
@@ -210,7 +235,7 @@ func (r *remote) claimAs(first, last int64, ahead bool) []*chunkFetch {
 			}
 		}
 		if cf == nil {
-			cf = &chunkFetch{ahead: ahead, done: make(chan struct{})}
+			cf = &chunkFetch{ahead: ahead, low: low, done: make(chan struct{})}
 			r.chunks[i] = cf
 			run, runF = append(run, i), append(runF, cf)
 			if len(run) == maxMerge {
@@ -273,7 +298,7 @@ func (r *remote) chunkLen(idx int64) int {
 func (r *remote) fetchRange(first int64, fs []*chunkFetch) {
 	start := first * r.chunk
 	end := min(start+int64(len(fs))*r.chunk, r.size) // exclusive
-	buf, err := r.get(start, end)
+	buf, err := r.get(start, end, fs)
 	if err == nil && r.store != nil {
 		for i := range fs {
 			lo := int64(i) * r.chunk
@@ -383,7 +408,7 @@ func (e *retryable) Error() string { return e.err.Error() }
 func (e *retryable) Unwrap() error { return e.err }
 
 // get fetches bytes [start, end) with retries and exponential backoff.
-func (r *remote) get(start, end int64) ([]byte, error) {
+func (r *remote) get(start, end int64, fs []*chunkFetch) ([]byte, error) {
 	var last error
 	backoff := r.retryBase
 	for attempt := 0; attempt <= r.retries; attempt++ {
@@ -398,7 +423,7 @@ func (r *remote) get(start, end int64) ([]byte, error) {
 			time.Sleep(d)
 			backoff = min(backoff*2, 5*time.Second)
 		}
-		buf, err := r.attempt(start, end)
+		buf, err := r.attempt(start, end, fs)
 		if err == nil {
 			r.bytes.Add(uint64(len(buf)))
 			return buf, nil
@@ -416,8 +441,12 @@ func (r *remote) get(start, end int64) ([]byte, error) {
 
 // attempt is one checked ranged GET: 206, exactly the Content-Range asked
 // for, exactly that many bytes. Anything else is an error, never data.
-func (r *remote) attempt(start, end int64) (buf []byte, err error) {
-	r.host.acquire()
+func (r *remote) attempt(start, end int64, fs []*chunkFetch) (buf []byte, err error) {
+	if len(fs) > 0 && fs[0].low {
+		r.host.acquireLow(fs)
+	} else {
+		r.host.acquire()
+	}
 	defer r.host.release()
 	r.requests.Add(1)
 	r.inflight.Add(1)
@@ -633,10 +662,39 @@ func redact(u *url.URL) string {
 
 // host bounds concurrent requests to one host.
 type host struct {
-	sem chan struct{}
+	sem    chan struct{}
+	demand atomic.Int32 // demand requests waiting for a slot
 }
 
-func (h *host) acquire() { h.sem <- struct{}{} }
+func (h *host) acquire() {
+	h.demand.Add(1)
+	h.sem <- struct{}{}
+	h.demand.Add(-1)
+}
+
+// acquireLow takes a slot for a prefetch: only while no demand request
+// waits and one slot stays free for demand, unless a reader now waits
+// for one of the prefetch's chunks.
+func (h *host) acquireLow(fs []*chunkFetch) {
+	for {
+		wanted := false
+		for _, cf := range fs {
+			wanted = wanted || cf.wanted.Load()
+		}
+		if wanted {
+			h.acquire()
+			return
+		}
+		if h.demand.Load() == 0 && len(h.sem) < max(cap(h.sem)-1, 1) {
+			select {
+			case h.sem <- struct{}{}:
+				return
+			default:
+			}
+		}
+		time.Sleep(2 * time.Millisecond)
+	}
+}
 func (h *host) release() { <-h.sem }
 
 // reqTimeout is the deadline of one attempt: generous for its size, so a

@@ -177,6 +177,10 @@ func runServe(args []string, stdout, stderr io.Writer) int {
 		fmt.Fprintf(stdout, "metrics http://%s/metrics\n", addr)
 	}
 
+	if so, err := img.remote.options(log); err == nil {
+		ef.startPrefetch(ctx, dmn, so.Chunk, log)
+	}
+
 	var kdev *kernel.Device
 	if device != "" {
 		idx, err := kernel.ParseDevicePath(device)

@@ -1,6 +1,7 @@
 package main
 
 import (
+	"context"
 	"fmt"
 	"log/slog"
 	"time"
@@ -21,6 +22,10 @@ type exportFlags struct {
 	fingerprints  string
 	metricsListen string
 	backendDelay  time.Duration
+	prefetch      string
+	prefetchRate  string
+	recordTrace   string
+	prefetchTrace string
 }
 
 // defaultCacheSize is off: on local, page-cached blobs the cache's first
@@ -37,6 +42,10 @@ func (e *exportFlags) register(fs *pflag.FlagSet) {
 	fs.StringVar(&e.cacheSize, "cache-size", defaultCacheSize, "size of the content cache shared by all exports, e.g. 256M; 0 = off (default: worth it when blob reads are slow or remote, not for local page-cached files)")
 	fs.StringVar(&e.fingerprints, "fingerprints", blobcache.FingerprintXattr, "file-content keys for the cache: xattr (ishare fingerprint xattrs), compute (xattrs, else sha256 every uncompressed file at startup), off")
 	fs.StringVar(&e.metricsListen, "metrics-listen", "", "serve Prometheus metrics on http://`HOST:PORT`/metrics")
+	fs.StringVar(&e.prefetch, "prefetch", "none", "background fill of remote blobs: none, or all (every chunk of every remote blob, after demand reads)")
+	fs.StringVar(&e.prefetchRate, "prefetch-rate", "0", "limit --prefetch all to `SIZE` per second, e.g. 50M (0: no limit)")
+	fs.StringVar(&e.recordTrace, "record-trace", "", "record the NBD reads of every export to `FILE` in first-access order (64 KiB granules)")
+	fs.StringVar(&e.prefetchTrace, "prefetch-trace", "", "at start, prefetch the ranges of a trace `FILE` written by --record-trace (in parallel, after demand reads)")
 	fs.DurationVar(&e.backendDelay, "debug-backend-delay", 0, "add this latency to every read of an input file (benchmarks: models a remote blob store)")
 	fs.MarkHidden("debug-backend-delay")
 }
@@ -71,6 +80,14 @@ func (e *exportFlags) newDaemon(log *slog.Logger, img *imageFlags, cf composeFla
 	if err != nil {
 		return nil, fmt.Errorf("--cache-size: %w", err)
 	}
+	switch e.prefetch {
+	case "none", "all":
+	default:
+		return nil, fmt.Errorf("--prefetch %q: want none or all", e.prefetch)
+	}
+	if _, err := parseSize(e.prefetchRate); err != nil {
+		return nil, fmt.Errorf("--prefetch-rate: %w", err)
+	}
 	align, err := parseSize(cf.align)
 	if err != nil {
 		return nil, fmt.Errorf("--align: %w", err)
@@ -82,6 +99,33 @@ func (e *exportFlags) newDaemon(log *slog.Logger, img *imageFlags, cf composeFla
 	return daemon.New(daemon.Config{
 		CacheSize: size, Fingerprints: e.fingerprints, BackendDelay: e.backendDelay,
 		Align: align, VerifyDigests: cf.verifyDigests, OnError: cf.onError,
-		Source: so, Logger: log, Version: version(),
+		Source: so, Logger: log, Version: version(), RecordTrace: e.recordTrace,
 	})
+}
+
+// startPrefetch runs --prefetch-trace and --prefetch all in the
+// background; they stop with ctx.
+func (e *exportFlags) startPrefetch(ctx context.Context, d *daemon.Daemon, chunk int64, log *slog.Logger) {
+	if e.prefetchTrace != "" {
+		go func() {
+			st, err := d.ReplayTrace(ctx, e.prefetchTrace, 8)
+			if err == nil {
+				err = st.Err
+			}
+			if err != nil {
+				log.Warn("prefetch trace", "file", e.prefetchTrace, "err", err)
+			}
+			log.Info("prefetch trace done", "ranges", st.Ranges, "bytes", st.Bytes, "took", st.Took.Round(time.Millisecond))
+		}()
+	}
+	if e.prefetch == "all" {
+		rate, _ := parseSize(e.prefetchRate)
+		go func() {
+			st := d.PrefetchAll(ctx, 8*chunk, rate, 2)
+			if st.Err != nil {
+				log.Warn("prefetch all", "err", st.Err)
+			}
+			log.Info("prefetch all done", "bytes", st.Bytes, "took", st.Took.Round(time.Millisecond))
+		}()
+	}
 }

@@ -1,0 +1,98 @@
+package daemon
+
+import (
+	"bytes"
+	"context"
+	"crypto/rand"
+	"net/http"
+	"net/http/httptest"
+	"path/filepath"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	"github.com/erofs-blockd/erofs-blockd/nbd"
+	"github.com/erofs-blockd/erofs-blockd/source"
+)
+
+type nopObs struct{}
+
+func (nopObs) ConnOpen(string)                          {}
+func (nopObs) ConnClose(string, error)                  {}
+func (nopObs) RequestStart(string, nbd.Command, uint32) {}
+func (nopObs) RequestDone(nbd.RequestInfo)              {}
+
+// TestTraceRoundTrip: reads are recorded once per 64 KiB granule, in first
+// access order, merged into runs, and read back as written.
+func TestTraceRoundTrip(t *testing.T) {
+	p := filepath.Join(t.TempDir(), "trace")
+	tr, err := NewTracer(p, nopObs{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, r := range []nbd.RequestInfo{
+		{Export: "a", Command: nbd.CmdRead, Offset: 1 << 20, Length: 4096},
+		{Export: "a", Command: nbd.CmdRead, Offset: 1<<20 + 8192, Length: 4096}, // same granule
+		{Export: `we"ird`, Command: nbd.CmdRead, Offset: 0, Length: 200 << 10},
+		{Export: "a", Command: nbd.CmdRead, Offset: 1<<20 - 4096, Length: 128 << 10}, // one new granule before, one after
+		{Export: "a", Command: nbd.CmdRead, Offset: 5 << 20, Length: 4096, Errno: 5}, // failed: not recorded
+		{Export: "a", Command: nbd.CmdCache, Offset: 9 << 20, Length: 4096},          // not a read
+	} {
+		tr.RequestDone(r)
+	}
+	if err := tr.Close(); err != nil {
+		t.Fatal(err)
+	}
+	got, err := readTrace(p)
+	if err != nil {
+		t.Fatal(err)
+	}
+	want := []traceEntry{
+		{"a", 1 << 20, 64 << 10},
+		{`we"ird`, 0, 256 << 10},
+		{"a", 1<<20 - 64<<10, 64 << 10},
+		{"a", 1<<20 + 64<<10, 64 << 10},
+	}
+	if len(got) != len(want) {
+		t.Fatalf("trace %+v, want %+v", got, want)
+	}
+	for i := range want {
+		if got[i] != want[i] {
+			t.Fatalf("entry %d: %+v, want %+v", i, got[i], want[i])
+		}
+	}
+}
+
+// TestPrefetchAllFetchesEverything: --prefetch all brings every byte of a
+// remote blob in, at the rate asked for at most.
+func TestPrefetchAllFetchesEverything(t *testing.T) {
+	data := make([]byte, 3<<20+5)
+	rand.Read(data)
+	var served atomic.Int64
+	srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		if r.Header.Get("Range") != "bytes=0-0" {
+			served.Add(1)
+		}
+		http.ServeContent(w, r, "b", time.Time{}, bytes.NewReader(data))
+	}))
+	defer srv.Close()
+	d, err := New(Config{Source: source.Options{Chunk: 256 << 10}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer d.Close()
+	d.mu.Lock()
+	o, err := d.open(srv.URL + "/b")
+	d.mu.Unlock()
+	if err != nil {
+		t.Fatal(err)
+	}
+	st := d.PrefetchAll(context.Background(), 1<<20, 64<<20, 2)
+	if st.Err != nil || st.Bytes != int64(len(data)) {
+		t.Fatalf("prefetch: %+v", st)
+	}
+	bs := o.f.(interface{ Stats() source.Stats }).Stats()
+	if bs.Bytes != uint64(len(data)) {
+		t.Fatalf("fetched %d bytes of %d", bs.Bytes, len(data))
+	}
+}
