@@ -24,8 +24,12 @@ const (
 	Fault429  Fault = "429" // 429 Too Many Requests
 	// FaultReset sends the headers and half the body, then a TCP reset.
 	FaultReset Fault = "reset"
-	// FaultStall sends half the body, pauses StallFor, then the rest.
+	// FaultStall sends half the body, then nothing for the stall time
+	// (SetStall; default a minute, longer than any client waits) and
+	// then the rest, unless the client gave up.
 	FaultStall Fault = "stall"
+	// FaultHang sends nothing at all for the stall time, then the response.
+	FaultHang Fault = "hang"
 	// FaultShortBody declares the full Content-Length, sends half the
 	// body and closes the connection.
 	FaultShortBody Fault = "short-body"
@@ -77,7 +81,7 @@ func StartProxy(opt ProxyOptions) (*Proxy, error) {
 		return nil, err
 	}
 	p := &Proxy{Addr: l.Addr().String(), upstream: strings.TrimSuffix(opt.Upstream, "/"), client: Client(opt.UpstreamCA),
-		stallFor: time.Second, injected: map[Fault]int{}}
+		stallFor: time.Minute, injected: map[Fault]int{}}
 	p.srv = &http.Server{Handler: http.HandlerFunc(p.serve), ReadHeaderTimeout: 10 * time.Second}
 	if opt.TLS != nil {
 		tc, err := opt.TLS.TLSConfig(opt.Dir, "proxy")
@@ -110,7 +114,8 @@ func (p *Proxy) SetLatency(d time.Duration) {
 	p.mu.Unlock()
 }
 
-// SetStall sets FaultStall's pause (default 1 s).
+// SetStall sets how long FaultStall and FaultHang hold a response
+// (default a minute).
 func (p *Proxy) SetStall(d time.Duration) {
 	p.mu.Lock()
 	p.stallFor = d
@@ -165,6 +170,12 @@ func (p *Proxy) serve(w http.ResponseWriter, r *http.Request) {
 		time.Sleep(latency)
 	}
 	switch f {
+	case FaultHang:
+		select {
+		case <-time.After(stall):
+		case <-r.Context().Done():
+			return
+		}
 	case Fault500, Fault503, Fault429:
 		code, _ := strconv.Atoi(string(f))
 		if f == Fault429 {
