@@ -1,7 +1,9 @@
 package e2e
 
 import (
+	"encoding/base64"
 	"os"
+	"os/exec"
 	"path/filepath"
 	"strings"
 	"testing"
@@ -9,6 +11,19 @@ import (
 	"github.com/erofs-blockd/erofs-blockd/internal/regtest"
 	"github.com/erofs-blockd/erofs-blockd/internal/testtree"
 )
+
+// noSecrets fails t if text shows the test password, plain or as the
+// base64 user:password of an auth file.
+func noSecrets(t *testing.T, what, text string, passwords ...string) {
+	t.Helper()
+	for _, p := range append(passwords, regPass) {
+		for _, s := range []string{p, base64.StdEncoding.EncodeToString([]byte(regUser + ":" + p))} {
+			if strings.Contains(text, s) {
+				t.Errorf("%s shows a password:\n%s", what, text)
+			}
+		}
+	}
+}
 
 // The remote-source tests run real servers from internal/regtest:
 // Debian's docker-registry with a test CA and htpasswd or token auth,
@@ -157,6 +172,28 @@ func TestRemoteRegistryHtpasswd(t *testing.T) {
 	}
 }
 
+// TestRemoteRegistryInsecure: a plain-HTTP registry is refused unless
+// named with --insecure-registry HOST:PORT; with it, compose -o is
+// byte-identical (credentials from the auth file, Basic over http).
+func TestRemoteRegistryInsecure(t *testing.T) {
+	e := newRemoteEnv(t)
+	reg, err := regtest.StartRegistry(regtest.RegistryOptions{Dir: filepath.Join(e.dir, "plain"), Users: map[string]string{regUser: regPass}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(reg.Close)
+	af := filepath.Join(e.dir, "plain-auth.json")
+	regtest.AuthFile(af, reg.Addr, regUser, regPass)
+	im := layouts(t, testtree.Options{Seed: 64, Files: 8, MaxSize: 64 << 10})[1]
+	rim := e.push(t, reg, reg.Addr, "e2e/plain", im)
+	out, err := exec.Command(binPath, append([]string{"compose", "-o", filepath.Join(t.TempDir(), "x")}, e.remoteArgs(rim, af)...)...).CombinedOutput()
+	if err == nil || !strings.Contains(string(out), reg.Addr) {
+		t.Fatalf("plain-HTTP registry without --insecure-registry: %v\n%s", err, out)
+	}
+	t.Logf("without --insecure-registry: %s", strings.TrimSpace(string(out)))
+	composeRemote(t, e.remoteArgs(rim, af, "--insecure-registry", reg.Addr), composeFile(t, im))
+}
+
 // TestRemoteRegistryToken: the same through a registry with auth.token
 // and a token server (ES256 JWTs, x5c chain to the registry's
 // rootcertbundle): blobs pushed with a push token, one layout mounted by
@@ -234,6 +271,17 @@ func TestRemoteNginx(t *testing.T) {
 			compareTree(t, im.tree, fuseMount(t, srv.sock))
 			composeRemote(t, e.remoteArgs(rim, ""), composeFile(t, im))
 		})
+	}
+	// SSL_CERT_FILE (Go's system pool) instead of --cert-dir.
+	rim := specs[ims[2].name]
+	out := filepath.Join(t.TempDir(), "env.img")
+	cmd := exec.Command(binPath, append(append([]string{"compose"}, rim.blobArgs()...), "-o", out)...)
+	cmd.Env = append(os.Environ(), "SSL_CERT_FILE="+filepath.Join(e.certDir, "ca.crt"))
+	if b, err := cmd.CombinedOutput(); err != nil {
+		t.Fatalf("compose with SSL_CERT_FILE: %v\n%s", err, b)
+	}
+	if fileSHA(t, out) != fileSHA(t, composeFile(t, ims[2])) {
+		t.Fatal("compose with SSL_CERT_FILE differs from the local composition")
 	}
 	es, err := ng.Access()
 	if err != nil {

@@ -166,6 +166,12 @@ func TestServers(t *testing.T) {
 		if resp, b := get(t, c, px.URL+"/blob", "bytes=2-5", ""); resp.StatusCode != 206 || string(b) != "2345" {
 			t.Fatalf("no fault: %s %q", resp.Status, b)
 		}
+		px.SetLatency(50 * time.Millisecond)
+		t0 := time.Now()
+		if resp, _ := get(t, c, px.URL+"/blob", "bytes=2-5", ""); resp.StatusCode != 206 || time.Since(t0) < 50*time.Millisecond {
+			t.Fatalf("latency: %s after %v", resp.Status, time.Since(t0))
+		}
+		px.SetLatency(0)
 		es, err := n.Access()
 		if err != nil || len(es) < 4 || es[0].Range != "bytes=2-5" || es[0].Status != "206" {
 			t.Fatalf("nginx access log: %v %+v", err, es)
@@ -174,4 +180,23 @@ func TestServers(t *testing.T) {
 			t.Fatal(px.URL)
 		}
 	})
+}
+
+func TestStack(t *testing.T) {
+	need(t, RegistryBinary, "htpasswd")
+	dir := t.TempDir()
+	st, err := StartStack(dir, StackOptions{Token: true, Proxy: true})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer st.Close()
+	f := filepath.Join(dir, "blob")
+	os.WriteFile(f, []byte("stack blob"), 0o644)
+	spec, err := st.Push("bench/x", f)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !strings.HasPrefix(spec, "oci://"+st.Proxy.Addr+"/bench/x@sha256:") || len(st.Args()) != 4 {
+		t.Fatalf("spec %s args %v", spec, st.Args())
+	}
 }
