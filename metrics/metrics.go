@@ -36,8 +36,9 @@ type BackendStats struct {
 // Sources are the snapshot functions read at scrape time; nil ones are
 // left out.
 type Sources struct {
-	Cache    func() CacheStats
-	Backends func() []BackendStats
+	Cache     func() CacheStats
+	Backends  func() []BackendStats
+	DiskCache func() DiskCacheStats
 }
 
 // Metrics is the registry plus the nbd.Observer. Safe for concurrent use.
@@ -105,6 +106,9 @@ func New(version string, src Sources) *Metrics {
 	}
 	if src.Backends != nil {
 		m.reg.MustRegister(&backendCollector{fn: src.Backends})
+	}
+	if src.DiskCache != nil {
+		m.reg.MustRegister(&diskCollector{fn: src.DiskCache})
 	}
 	return m
 }
@@ -295,4 +299,44 @@ func (m *Metrics) AddSource(src string) {
 	}
 	m.src.inflight.WithLabelValues(src)
 	m.src.latency.WithLabelValues(src)
+}
+
+// DiskCacheStats is what the daemon reports about the disk cache
+// (--cache-dir).
+type DiskCacheStats struct {
+	Bytes, CapacityBytes, Entries                                   int64
+	Hits, Misses, Evictions, CheckFailures, WriteErrors, DigestFail uint64
+}
+
+type diskCollector struct{ fn func() DiskCacheStats }
+
+var (
+	descDBytes    = prometheus.NewDesc(ns+"_disk_cache_bytes", "Chunk bytes on disk in the disk cache (--cache-dir).", nil, nil)
+	descDCap      = prometheus.NewDesc(ns+"_disk_cache_capacity_bytes", "The disk cache's byte bound (--cache-dir-size).", nil, nil)
+	descDEntries  = prometheus.NewDesc(ns+"_disk_cache_entries", "Chunks held by the disk cache.", nil, nil)
+	descDHits     = prometheus.NewDesc(ns+"_disk_cache_hits_total", "Chunks served from the disk cache.", nil, nil)
+	descDMisses   = prometheus.NewDesc(ns+"_disk_cache_misses_total", "Chunk lookups the disk cache could not serve (fetched from the source).", nil, nil)
+	descDEvict    = prometheus.NewDesc(ns+"_disk_cache_evictions_total", "Chunks evicted from the disk cache to stay under its bound.", nil, nil)
+	descDCheck    = prometheus.NewDesc(ns+"_disk_cache_check_failures_total", "Chunks found damaged on disk (checksum, length, key) and dropped; they are refetched.", nil, nil)
+	descDWriteErr = prometheus.NewDesc(ns+"_disk_cache_write_errors_total", "Chunk writes that failed (disk full, read-only, I/O error); serving continues from the network.", nil, nil)
+	descDDigest   = prometheus.NewDesc(ns+"_disk_cache_digest_failures_total", "Fully cached OCI blobs whose bytes did not match their digest (their chunks were dropped).", nil, nil)
+)
+
+func (c *diskCollector) Describe(ch chan<- *prometheus.Desc) {
+	for _, d := range []*prometheus.Desc{descDBytes, descDCap, descDEntries, descDHits, descDMisses, descDEvict, descDCheck, descDWriteErr, descDDigest} {
+		ch <- d
+	}
+}
+
+func (c *diskCollector) Collect(ch chan<- prometheus.Metric) {
+	s := c.fn()
+	ch <- prometheus.MustNewConstMetric(descDBytes, prometheus.GaugeValue, float64(s.Bytes))
+	ch <- prometheus.MustNewConstMetric(descDCap, prometheus.GaugeValue, float64(s.CapacityBytes))
+	ch <- prometheus.MustNewConstMetric(descDEntries, prometheus.GaugeValue, float64(s.Entries))
+	ch <- prometheus.MustNewConstMetric(descDHits, prometheus.CounterValue, float64(s.Hits))
+	ch <- prometheus.MustNewConstMetric(descDMisses, prometheus.CounterValue, float64(s.Misses))
+	ch <- prometheus.MustNewConstMetric(descDEvict, prometheus.CounterValue, float64(s.Evictions))
+	ch <- prometheus.MustNewConstMetric(descDCheck, prometheus.CounterValue, float64(s.CheckFailures))
+	ch <- prometheus.MustNewConstMetric(descDWriteErr, prometheus.CounterValue, float64(s.WriteErrors))
+	ch <- prometheus.MustNewConstMetric(descDDigest, prometheus.CounterValue, float64(s.DigestFail))
 }
