@@ -7,7 +7,7 @@ GO ?= go
 BIN := bin/erofs-blockd
 FUZZTIME ?= 30s
 
-.PHONY: all build static deps vm-deps test test-short vet demo fuzz bench clean
+.PHONY: all build static deps vm-deps reference-deps test test-short vet demo fuzz bench clean
 
 all: build
 
@@ -24,17 +24,21 @@ deps:
 vm-deps: deps
 	bash scripts/vm/kernel.sh
 
+# erofs-utils 1.9.4 from Debian's source package, in /opt (e2e/corpus_test.go).
+reference-deps: deps
+	bash scripts/erofs-utils.sh
+
 vet:
 	@test -z "$$(gofmt -l $$(git ls-files '*.go'))" || { gofmt -l $$(git ls-files '*.go'); echo "gofmt needed"; exit 1; }
 	$(GO) vet ./...
 
 # The full suite: unit tests, fuzz seeds, host e2e (nbdfuse + loop + kernel
 # EROFS), interop with nbdinfo/nbdcopy/qemu-img, and QEMU guest e2e.
-test: vm-deps build static vet
+test: vm-deps reference-deps build static vet
 	$(GO) test -count=1 -timeout 60m -p 2 ./...
 
 # Without the QEMU guest tests.
-test-short: deps build vet
+test-short: deps reference-deps build vet
 	EROFS_BLOCKD_SKIP_VM=1 $(GO) test -count=1 -timeout 30m ./...
 
 demo: deps build

@@ -109,8 +109,13 @@ func (img *Image) parseXattr(src *source, pos, limit int64) (*Xattr, int64, erro
 		if pi >= len(img.prefixes) {
 			return nil, 0, &FormatError{Off: pos + 1, Rule: "xattr long prefix index beyond prefix count", Val: pi, InMetabox: src.metabox}
 		}
+		// A long prefix whose base index names no namespace (e.g. the
+		// "erofs.fingerprint.v1" digest of --xattr-inode-digest) is
+		// skipped by the kernel's listxattr: it has no Name either.
 		p := img.prefixes[pi]
-		x.Name = shortPrefixes[p.base] + p.infix + x.Suffix
+		if sp, ok := shortPrefixes[p.base]; ok {
+			x.Name = sp + p.infix + x.Suffix
+		}
 	} else if sp, ok := shortPrefixes[idx]; ok {
 		x.Name = sp + x.Suffix
 	}
@@ -118,8 +123,9 @@ func (img *Image) parseXattr(src *source, pos, limit int64) (*Xattr, int64, erro
 }
 
 // Xattrs returns ino's extended attributes: inline ones first, then shared
-// ones, in on-disk order. Entries with index 0 or an unknown short index
-// (which the kernel skips) are returned with an empty Name.
+// ones, in on-disk order. Entries with index 0, an unknown short index or
+// a long prefix over an unknown base index (which the kernel skips) are
+// returned with an empty Name.
 func (img *Image) Xattrs(ino *Inode) ([]Xattr, error) {
 	xs, err := img.xattrs(ino)
 	if err != nil {

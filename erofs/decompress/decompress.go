@@ -31,7 +31,7 @@
 //	func Decompress(alg Alg, dst, src []byte, o Options) error
 //
 //	var ErrCorrupt     // corrupt or truncated stream, or a size mismatch
-//	var ErrUnsupported // e.g. LZMA: "lzma (MicroLZMA) decompression not supported"
+//	var ErrUnsupported // e.g. an unknown algorithm or a pcluster beyond the limits
 //	const MaxPclusterSize = 1 << 20   // Z_EROFS_PCLUSTER_MAX_SIZE: len(src) above this is ErrUnsupported
 //	const MaxDecodedSize  = 12 << 20  // Z_EROFS_PCLUSTER_MAX_DSIZE: Skip+len(dst) above this is ErrUnsupported
 //
@@ -42,8 +42,8 @@
 //     is followed by garbage, so decoding stops once the output is full.
 //   - DEFLATE is raw deflate (RFC 1951, no zlib header), ZSTD is a zstd frame;
 //     both are tail-aligned with leading zero padding, always.
-//   - LZMA is MicroLZMA (xz-embedded), which no maintained pure-Go decoder reads:
-//     Decompress returns ErrUnsupported.
+//   - LZMA is MicroLZMA (xz-embedded's framing of raw LZMA1, lzma.go), also
+//     tail-aligned with leading zero padding.
 //
 // No input can make Decompress panic or allocate more than MaxDecodedSize
 // beyond dst.
@@ -145,9 +145,7 @@ func Decompress(alg Alg, dst, src []byte, o Options) error {
 		return nil
 	case Interlaced:
 		return interlaced(dst, src, o)
-	case LZ4, Deflate, Zstd:
-	case LZMA:
-		return fmt.Errorf("lzma (MicroLZMA) decompression not supported: %w", ErrUnsupported)
+	case LZ4, Deflate, Zstd, LZMA:
 	default:
 		return fmt.Errorf("%v: unknown algorithm: %w", alg, ErrUnsupported)
 	}
@@ -191,6 +189,8 @@ func Decompress(alg Alg, dst, src []byte, o Options) error {
 		err = inflate(out, in, o.Partial)
 	case Zstd:
 		err = unzstd(out, in, o.Partial)
+	case LZMA:
+		err = unlzma(out, in, o.Partial)
 	}
 	if err != nil {
 		return err

@@ -162,7 +162,7 @@ func TestPlain(t *testing.T) {
 }
 
 func TestErrors(t *testing.T) {
-	if err := Decompress(LZMA, make([]byte, 10), []byte{1, 2, 3}, Options{}); !errors.Is(err, ErrUnsupported) {
+	if err := Decompress(LZMA, make([]byte, 10), []byte{1, 2, 3}, Options{}); !errors.Is(err, ErrCorrupt) {
 		t.Fatalf("lzma: %v", err)
 	}
 	if err := Decompress(Alg(9), make([]byte, 10), []byte{1}, Options{}); !errors.Is(err, ErrUnsupported) {

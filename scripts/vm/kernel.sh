@@ -50,15 +50,17 @@ if [ -n "$pkg" ] && [ -e "$cache/$pkg/.complete" ]; then
   exit 0
 fi
 
-# bookworm-backports, from the same archive apt already uses.
+# bookworm-backports, from the same archive apt already uses (never a
+# built-in host name: scripts/apt-archive.sh reads the apt configuration).
 if ! grep -rqs 'bookworm-backports' /etc/apt/sources.list /etc/apt/sources.list.d/; then
-  uri=$(awk '/^URIs:/ {print $2; exit}' /etc/apt/sources.list.d/debian.sources 2>/dev/null || true)
-  if [ -z "$uri" ]; then
-    uri=$(awk '$1=="deb" && $3 ~ /^bookworm$/ {print $2; exit}' /etc/apt/sources.list 2>/dev/null || true)
+  . "$(cd "$(dirname "$0")/.." && pwd)/apt-archive.sh"
+  if ! uri=$(apt_archive_uri bookworm); then
+    echo "vm-kernel: cannot add bookworm-backports: apt has no 'deb' source for bookworm to take the archive from" >&2
+    exit 1
   fi
-  uri=${uri:-http://deb.debian.org/debian}
+  key=$(apt_archive_keyring bookworm)
   echo "vm-kernel: adding bookworm-backports from $uri"
-  echo "deb $uri bookworm-backports main" > /etc/apt/sources.list.d/backports.list
+  echo "deb ${key:+[signed-by=$key] }$uri bookworm-backports main" > /etc/apt/sources.list.d/backports.list
 fi
 apt-get update -qq
 
