@@ -70,6 +70,10 @@ type remote struct {
 	store     ChunkStore
 	storeKey  string
 	storeHits atomic.Uint64
+	digest    string         // OCI: the blob's digest, checked once it is all stored
+	stored    map[int64]bool // chunks known to be in the store (guarded by mu)
+	verifying bool           // a digest check ran or runs (guarded by mu)
+	onDigest  func(name string, err error)
 
 	mu      sync.Mutex
 	chunks  map[int64]*chunkFetch
@@ -277,6 +281,7 @@ func (r *remote) fetchRun(first int64, fs []*chunkFetch) {
 			flush(i)
 			r.storeHits.Add(1)
 			r.finish(idx, []*chunkFetch{cf}, buf, nil)
+			r.markStored(idx, 1)
 			continue
 		}
 		if runStart < 0 {
@@ -285,6 +290,61 @@ func (r *remote) fetchRun(first int64, fs []*chunkFetch) {
 	}
 	flush(len(fs))
 	wg.Wait()
+}
+
+// markStored notes n chunks from first as stored; when every chunk of an
+// OCI blob has been, its digest is checked once in the background.
+func (r *remote) markStored(first int64, n int) {
+	if r.digest == "" || r.store == nil {
+		return
+	}
+	nchunks := (r.size + r.chunk - 1) / r.chunk
+	r.mu.Lock()
+	if r.stored == nil {
+		r.stored = map[int64]bool{}
+	}
+	for i := 0; i < n; i++ {
+		r.stored[first+int64(i)] = true
+	}
+	start := !r.verifying && int64(len(r.stored)) == nchunks
+	if start {
+		r.verifying = true
+	}
+	r.mu.Unlock()
+	if start {
+		go r.verifyDigest()
+	}
+}
+
+// verifyDigest hashes the stored chunks of an OCI blob. A mismatch drops
+// them all (they are refetched) and is reported; a chunk evicted meanwhile
+// just ends the check, which runs again when the blob is whole again.
+func (r *remote) verifyDigest() {
+	h := sha256.New()
+	buf := make([]byte, r.chunk)
+	nchunks := (r.size + r.chunk - 1) / r.chunk
+	for i := int64(0); i < nchunks; i++ {
+		n := r.chunkLen(i)
+		if got, ok := r.store.Get(r.storeKey, i, buf[:n]); !ok || got != n {
+			r.mu.Lock()
+			r.verifying = false
+			delete(r.stored, i)
+			r.mu.Unlock()
+			return
+		}
+		h.Write(buf[:n])
+	}
+	var err error
+	if got := fmt.Sprintf("sha256:%x", h.Sum(nil)); got != r.digest {
+		err = fmt.Errorf("%s: cached bytes hash to %s, not its digest; its chunks were dropped and will be refetched", r.name, got)
+		r.store.Drop(r.storeKey)
+		r.mu.Lock()
+		r.stored, r.verifying = nil, false
+		r.mu.Unlock()
+	}
+	if r.onDigest != nil {
+		r.onDigest(r.name, err)
+	}
 }
 
 // chunkLen is the length of chunk idx (the last one may be short).
@@ -306,6 +366,9 @@ func (r *remote) fetchRange(first int64, fs []*chunkFetch) {
 		}
 	}
 	r.finish(first, fs, buf, err)
+	if err == nil {
+		r.markStored(first, len(fs))
+	}
 }
 
 // finish completes the fetches of len(fs) chunks from index first with
@@ -556,7 +619,7 @@ func parseContentRange(s string) (a, b, total int64, err error) {
 // ranges work.
 func (o *Opener) probe(ctx context.Context, req requester, name, id string, h *host) (*remote, error) {
 	r := &remote{name: name, chunk: o.opt.Chunk, req: req, host: h, retries: o.opt.Retries, retryBase: o.opt.RetryBase, stall: o.opt.StallTimeout,
-		obs: o.opt.Observer, keep: o.keep, store: o.opt.Store, chunks: map[int64]*chunkFetch{}}
+		obs: o.opt.Observer, keep: o.keep, store: o.opt.Store, onDigest: o.digestChecked, chunks: map[int64]*chunkFetch{}}
 	metaKey := "meta:" + name
 	if id != "" {
 		metaKey = "meta:" + id
@@ -640,6 +703,9 @@ func (r *remote) finishProbe(id string) *remote {
 	case r.store == nil:
 	case strings.HasPrefix(id, "oci:"):
 		r.storeKey = fmt.Sprintf("%s/%d/c%d", id, r.size, r.chunk)
+		if d := strings.TrimPrefix(id, "oci:"); strings.HasPrefix(d, "sha256:") {
+			r.digest = d
+		}
 	case r.validator != "":
 		h := sha256.Sum256([]byte(r.id))
 		r.storeKey = fmt.Sprintf("http:%x/c%d", h[:16], r.chunk)

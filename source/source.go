@@ -15,6 +15,7 @@ import (
 	"net/http"
 	"os"
 	"strings"
+	"sync/atomic"
 	"syscall"
 	"time"
 )
@@ -75,6 +76,8 @@ type ChunkStore interface {
 	Put(key string, idx int64, data []byte)
 	GetMeta(key string) ([]byte, bool)
 	PutMeta(key string, val []byte)
+	// Drop forgets every chunk of key.
+	Drop(key string)
 }
 
 // Observer is told about the requests of remote sources; source is the
@@ -112,6 +115,8 @@ type Opener struct {
 	keep    *keeper
 	regs    map[string]*registry    // guarded by hosts.mu
 	clients map[string]*http.Client // plain HTTP(S) sources by origin; guarded by hosts.mu
+
+	digestOK, digestBad atomic.Uint64
 }
 
 // NewOpener returns an Opener. It is safe for concurrent use.
@@ -140,6 +145,20 @@ func NewOpener(opt Options) *Opener {
 		opt.Observer = nopObserver{}
 	}
 	return &Opener{opt: opt, hosts: newHostPool(opt), keep: newKeeper(opt.Chunk)}
+}
+
+// DigestChecks counts the whole-blob digest checks of fully stored OCI
+// blobs: passed and failed (whose chunks were dropped).
+func (o *Opener) DigestChecks() (ok, bad uint64) { return o.digestOK.Load(), o.digestBad.Load() }
+
+func (o *Opener) digestChecked(name string, err error) {
+	if err != nil {
+		o.digestBad.Add(1)
+		o.opt.Logger.Error("digest check of a cached blob failed", "source", name, "err", err)
+		return
+	}
+	o.digestOK.Add(1)
+	o.opt.Logger.Info("cached blob matches its digest", "source", name)
 }
 
 // Open opens spec.

@@ -371,6 +371,15 @@ func (s *mapStore) GetMeta(key string) ([]byte, bool) {
 }
 
 func (s *mapStore) PutMeta(key string, val []byte) { s.Put(key, -1, val) }
+func (s *mapStore) Drop(key string) {
+	s.mu.Lock()
+	for k := range s.m {
+		if strings.HasPrefix(k, key+"#") && !strings.HasSuffix(k, "#-1") {
+			delete(s.m, k)
+		}
+	}
+	s.mu.Unlock()
+}
 
 // TestStoreWarmAndOffline: with a ChunkStore a second opener (a restart)
 // fetches no blob bytes, and with the server gone the blob still opens and
@@ -471,5 +480,69 @@ func TestStallRetried(t *testing.T) {
 	checkEveryByte(t, b, data)
 	if s := b.(*remote).Stats(); s.Retries == 0 {
 		t.Fatalf("no retries: %+v", s)
+	}
+}
+
+// TestDigestCheckOfStoredBlob: an OCI blob read whole into the store is
+// checked against its digest once; a registry that served other bytes is
+// caught, reported and its chunks dropped.
+func TestDigestCheckOfStoredBlob(t *testing.T) {
+	good := testBlob(t, 300<<10)
+	dg := fmt.Sprintf("sha256:%x", sha256.Sum256(good))
+	bad := append([]byte(nil), good...)
+	bad[1000] ^= 1
+	var serve atomic.Pointer[[]byte]
+	serve.Store(&good)
+	srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		if r.URL.Path != "/v2/repo/blobs/"+dg {
+			w.WriteHeader(404)
+			return
+		}
+		http.ServeContent(w, r, "b", time.Time{}, bytes.NewReader(*serve.Load()))
+	}))
+	defer srv.Close()
+	host := strings.TrimPrefix(srv.URL, "http://")
+	spec := "oci://" + host + "/repo@" + dg
+	for _, tc := range []struct {
+		data    *[]byte
+		ok, bad uint64
+	}{{&good, 1, 0}, {&bad, 0, 1}} {
+		serve.Store(tc.data)
+		st := &mapStore{m: map[string][]byte{}}
+		op := NewOpener(Options{Chunk: 64 << 10, Store: st, Insecure: []string{host}})
+		b, err := op.Open(context.Background(), spec)
+		if err != nil {
+			t.Fatal(err)
+		}
+		buf := make([]byte, len(good))
+		b.ReadAt(buf, 0)
+		deadline := time.Now().Add(20 * time.Second)
+		for {
+			ok, bd := op.DigestChecks()
+			if ok+bd > 0 {
+				if ok != tc.ok || bd != tc.bad {
+					t.Fatalf("digest checks ok=%d bad=%d, want %d/%d", ok, bd, tc.ok, tc.bad)
+				}
+				break
+			}
+			if time.Now().After(deadline) {
+				t.Fatal("no digest check")
+			}
+			time.Sleep(10 * time.Millisecond)
+		}
+		st.mu.Lock()
+		chunks := 0
+		for k := range st.m {
+			if !strings.HasSuffix(k, "#-1") {
+				chunks++
+			}
+		}
+		st.mu.Unlock()
+		if tc.bad > 0 && chunks != 0 {
+			t.Fatalf("%d chunks of a blob that failed its digest kept", chunks)
+		}
+		if tc.ok > 0 && chunks != 5 {
+			t.Fatalf("%d chunks stored, want 5", chunks)
+		}
 	}
 }
