@@ -45,12 +45,9 @@ func StartNginx(dir, root string, ca *CA) (*Nginx, error) {
 	n := &Nginx{HTTP: fmt.Sprintf("http://127.0.0.1:%d", p1), HTTPS: fmt.Sprintf("https://localhost:%d", p2),
 		Log: filepath.Join(dir, "access.log"), done: make(chan struct{})}
 	tmp := filepath.Join(dir, "tmp")
-	user := ""
-	if os.Geteuid() == 0 {
-		user = "user root root;" // workers must read the caller's private temp dirs
-	}
-	conf := fmt.Sprintf(`%s
-worker_processes 1;
+	// One process, no workers: it runs as the caller (root or not, it can
+	// read the caller's private temp dirs) and dies with the test.
+	conf := fmt.Sprintf(`master_process off;
 pid %s/nginx.pid;
 error_log %s/error.log warn;
 events { worker_connections 256; }
@@ -76,7 +73,7 @@ http {
 		root %s;
 	}
 }
-`, user, dir, dir, n.Log, tmp, tmp, tmp, tmp, tmp, p1, root, p2, cf, kf, root)
+`, dir, dir, n.Log, tmp, tmp, tmp, tmp, tmp, p1, root, p2, cf, kf, root)
 	cpath := filepath.Join(dir, "nginx.conf")
 	if err := os.WriteFile(cpath, []byte(conf), 0o600); err != nil {
 		return nil, err
@@ -87,7 +84,7 @@ http {
 		return nil, err
 	}
 	n.cmd.Stdout, n.cmd.Stderr = out, out
-	n.cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true}
+	n.cmd.SysProcAttr = &syscall.SysProcAttr{Pdeathsig: syscall.SIGKILL}
 	if err := n.cmd.Start(); err != nil {
 		out.Close()
 		return nil, err
@@ -104,7 +101,7 @@ http {
 	return n, nil
 }
 
-// Close stops nginx (master and worker) and waits for the master.
+// Close stops nginx and waits for it.
 func (n *Nginx) Close() {
 	select {
 	case <-n.done:
@@ -115,7 +112,7 @@ func (n *Nginx) Close() {
 	select {
 	case <-n.done:
 	case <-time.After(10 * time.Second):
-		syscall.Kill(-n.cmd.Process.Pid, syscall.SIGKILL)
+		n.cmd.Process.Kill()
 		<-n.done
 	}
 }

@@ -109,6 +109,7 @@ func (r *Registry) Start() error {
 	}
 	cmd := exec.Command(RegistryBinary, "serve", r.conf)
 	cmd.Stdout, cmd.Stderr = logf, logf
+	cmd.SysProcAttr = &syscall.SysProcAttr{Pdeathsig: syscall.SIGKILL} // dies with the test
 	if err := cmd.Start(); err != nil {
 		logf.Close()
 		return err
