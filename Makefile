@@ -7,7 +7,7 @@ GO ?= go
 BIN := bin/erofs-blockd
 FUZZTIME ?= 30s
 
-.PHONY: all build static deps vm-deps reference-deps test test-short vet demo fuzz bench clean
+.PHONY: all build static deps vm-deps reference-deps test test-short vet demo fuzz bench bench-remote clean
 
 all: build
 
@@ -52,6 +52,9 @@ bench:  # fio + nbdcopy vs nbdkit split/file and qemu-nbd; env knobs in scripts/
 
 bench-dedup:  # backend bytes / unique bytes for 8 layered images, cache on and off (scripts/bench-dedup.sh)
 	bash scripts/bench-dedup.sh
+
+bench-remote:  # erofs-blockd on oci:// blobs vs nbdkit curl and curl, 0/10 ms RTT via internal/latproxy; env knobs in scripts/bench-remote.sh
+	bash scripts/bench-remote.sh
 
 clean:
 	rm -rf bin
