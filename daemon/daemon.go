@@ -27,6 +27,7 @@ import (
 	"github.com/erofs-blockd/erofs-blockd/blobcache"
 	"github.com/erofs-blockd/erofs-blockd/blockdev"
 	"github.com/erofs-blockd/erofs-blockd/cache"
+	"github.com/erofs-blockd/erofs-blockd/diskcache"
 	"github.com/erofs-blockd/erofs-blockd/erofs"
 	"github.com/erofs-blockd/erofs-blockd/flatdev"
 	"github.com/erofs-blockd/erofs-blockd/metrics"
@@ -118,6 +119,10 @@ type Config struct {
 	Source  source.Options
 	Logger  *slog.Logger
 	Version string // reported in erofs_blockd_build_info
+	// CacheDir, if set, is the persistent chunk cache of remote blobs
+	// (package diskcache), bounded to CacheDirSize bytes.
+	CacheDir     string
+	CacheDirSize int64
 	// RecordTrace, if set, is a file the NBD reads are recorded to in
 	// first-access order (see Tracer; ReplayTrace reads it).
 	RecordTrace string
@@ -160,6 +165,7 @@ type Daemon struct {
 	shared  *blobcache.Shared
 	metrics *metrics.Metrics
 	tracer  *Tracer
+	disk    *diskcache.Cache
 
 	mu      sync.Mutex
 	files   map[string]*opened // by identity
@@ -193,9 +199,19 @@ func New(cfg Config) (*Daemon, error) {
 	if cfg.CacheSize > 0 {
 		d.shared = blobcache.NewShared(cache.New(cfg.CacheSize, blobcache.PageSize))
 	}
+	if cfg.CacheDir != "" {
+		dc, err := diskcache.Open(cfg.CacheDir, cfg.CacheDirSize, diskcache.Options{Logger: cfg.Logger})
+		if err != nil {
+			return nil, fmt.Errorf("--cache-dir: %w", err)
+		}
+		d.disk = dc
+	}
 	d.metrics = metrics.New(cfg.Version, d.metricsSources())
 	so := cfg.Source
 	so.Observer = d.metrics
+	if d.disk != nil {
+		so.Store = d.disk
+	}
 	if so.Logger == nil {
 		so.Logger = cfg.Logger
 	}
@@ -234,6 +250,12 @@ func (d *Daemon) Close() {
 		o.f.Close()
 	}
 	d.order, d.files, d.byPath = nil, map[string]*opened{}, map[string]*opened{}
+	if d.disk != nil {
+		if err := d.disk.Close(); err != nil {
+			d.log.Error("--cache-dir", "err", err)
+		}
+		d.disk = nil
+	}
 }
 
 // open returns the shared backend for a source spec. d.mu is held.
@@ -402,6 +424,19 @@ func (d *Daemon) metricsSources() metrics.Sources {
 		sort.Slice(out, func(i, j int) bool { return out[i].Blob < out[j].Blob })
 		return out
 	}}
+	if d.disk != nil {
+		disk := d.disk
+		src.DiskCache = func() metrics.DiskCacheStats {
+			s := disk.Stats()
+			var bad uint64
+			if d.op != nil {
+				_, bad = d.op.DigestChecks()
+			}
+			return metrics.DiskCacheStats{Bytes: s.Bytes, CapacityBytes: s.MaxBytes, Entries: s.Entries,
+				Hits: s.Hits, Misses: s.Misses, Evictions: s.Evictions, CheckFailures: s.CheckFailures,
+				WriteErrors: s.WriteErrors, DigestFail: bad}
+		}
+	}
 	if d.shared != nil {
 		src.Cache = func() metrics.CacheStats {
 			s := d.shared.Stats()

@@ -23,6 +23,8 @@ type exportFlags struct {
 	metricsListen string
 	backendDelay  time.Duration
 	prefetch      string
+	cacheDir      string
+	cacheDirSize  string
 	prefetchRate  string
 	recordTrace   string
 	prefetchTrace string
@@ -35,6 +37,10 @@ type exportFlags struct {
 // backend reads are expensive (README "Shared cache" has the figures).
 const defaultCacheSize = "0"
 
+// defaultCacheDirSize bounds --cache-dir: room for a few typical images'
+// layers without surprising anyone's disk.
+const defaultCacheDirSize = "10G"
+
 func (e *exportFlags) register(fs *pflag.FlagSet) {
 	fs.StringArrayVar(&e.exports, "export", nil, "serve export `NAME=SOURCE,SOURCE,...` (repeatable; first the primary, the rest its devices in slot order; files, http(s):// or oci://)")
 	fs.StringVar(&e.config, "config", "", "JSON `FILE` listing exports: {\"exports\":[{\"name\":..., \"blobs\":[...], \"domain\":...}]}")
@@ -42,6 +48,8 @@ func (e *exportFlags) register(fs *pflag.FlagSet) {
 	fs.StringVar(&e.cacheSize, "cache-size", defaultCacheSize, "size of the content cache shared by all exports, e.g. 256M; 0 = off (default: worth it when blob reads are slow or remote, not for local page-cached files)")
 	fs.StringVar(&e.fingerprints, "fingerprints", blobcache.FingerprintXattr, "file-content keys for the cache: xattr (ishare fingerprint xattrs), compute (xattrs, else sha256 every uncompressed file at startup), off")
 	fs.StringVar(&e.metricsListen, "metrics-listen", "", "serve Prometheus metrics on http://`HOST:PORT`/metrics")
+	fs.StringVar(&e.cacheDir, "cache-dir", "", "persistent cache of remote blob chunks in `DIR` (kept across restarts, shared by every export; one daemon per DIR)")
+	fs.StringVar(&e.cacheDirSize, "cache-dir-size", defaultCacheDirSize, "bound of --cache-dir's chunk bytes on disk")
 	fs.StringVar(&e.prefetch, "prefetch", "none", "background fill of remote blobs: none, or all (every chunk of every remote blob, after demand reads)")
 	fs.StringVar(&e.prefetchRate, "prefetch-rate", "0", "limit --prefetch all to `SIZE` per second, e.g. 50M (0: no limit)")
 	fs.StringVar(&e.recordTrace, "record-trace", "", "record the NBD reads of every export to `FILE` in first-access order (64 KiB granules)")
@@ -85,6 +93,13 @@ func (e *exportFlags) newDaemon(log *slog.Logger, img *imageFlags, cf composeFla
 	default:
 		return nil, fmt.Errorf("--prefetch %q: want none or all", e.prefetch)
 	}
+	dirSize, err := parseSize(e.cacheDirSize)
+	if err != nil || (e.cacheDir != "" && dirSize < 1<<20) {
+		return nil, fmt.Errorf("--cache-dir-size %q: want at least 1M", e.cacheDirSize)
+	}
+	if e.prefetch == "all" && e.cacheDir == "" {
+		return nil, fmt.Errorf("--prefetch all needs --cache-dir (there is nowhere to keep what it fetches)")
+	}
 	if _, err := parseSize(e.prefetchRate); err != nil {
 		return nil, fmt.Errorf("--prefetch-rate: %w", err)
 	}
@@ -100,6 +115,7 @@ func (e *exportFlags) newDaemon(log *slog.Logger, img *imageFlags, cf composeFla
 		CacheSize: size, Fingerprints: e.fingerprints, BackendDelay: e.backendDelay,
 		Align: align, VerifyDigests: cf.verifyDigests, OnError: cf.onError,
 		Source: so, Logger: log, Version: version(), RecordTrace: e.recordTrace,
+		CacheDir: e.cacheDir, CacheDirSize: dirSize,
 	})
 }
 
