@@ -1,6 +1,7 @@
 package main
 
 import (
+	"github.com/erofs-blockd/erofs-blockd/source"
 	"log/slog"
 	"sync"
 	"time"
@@ -54,7 +55,11 @@ func (f *blobFaults) report(blob string, err error) {
 	}
 	f.mu.Unlock()
 	if logNow {
-		f.log.Error("blob read failed: affected reads get EIO (truncated, replaced or failing storage?)",
+		hint := "truncated, replaced or failing storage?"
+		if source.IsRemote(blob) {
+			hint = "server unreachable or failing after every retry; later reads try again"
+		}
+		f.log.Error("blob read failed: affected reads get EIO ("+hint+")",
 			"blob", blob, "err", err, "failures", n, "total", total, "next_log_after", faultLogInterval)
 	}
 }
