@@ -3,6 +3,7 @@ package e2e
 import (
 	"archive/tar"
 	"bytes"
+	"encoding/binary"
 	"encoding/json"
 	"fmt"
 	"io"
@@ -17,6 +18,7 @@ import (
 
 	"golang.org/x/sys/unix"
 
+	"github.com/erofs-blockd/erofs-blockd/erofs"
 	"github.com/erofs-blockd/erofs-blockd/internal/testtree"
 )
 
@@ -59,6 +61,22 @@ type corpusCase struct {
 	// noData: a meta-only image whose file data is not in any device
 	// (headerball): contents are compared between ls and the mount only.
 	noData bool
+	// patch edits the image after mkfs (the superblock checksum is
+	// recomputed): images the kernel must refuse.
+	patch func(b []byte, sb *erofs.Superblock) error
+}
+
+// patchCfg sets byte(s) of the first compression config record of alg.
+func patchCfg(alg int, at int, val ...byte) func([]byte, *erofs.Superblock) error {
+	return func(b []byte, sb *erofs.Superblock) error {
+		for _, c := range sb.ComprCfgs {
+			if c.Alg == alg {
+				copy(b[c.Off+2+int64(at):], val)
+				return nil
+			}
+		}
+		return fmt.Errorf("no config record for algorithm %d: %+v", alg, sb.ComprCfgs)
+	}
 }
 
 func corpusCases() []corpusCase {
@@ -153,6 +171,15 @@ func corpusCases() []corpusCase {
 	add("rebuild-data", rbd)
 	// In rebuild mode --blobdev leaves the blob empty: the data stays in
 	// the source images, which are the devices.
+	// Compression configs the kernel refuses at mount (z_erofs_parse_cfgs).
+	bad := func(name string, c corpusCase, p func([]byte, *erofs.Superblock) error) {
+		c.patch = p
+		add("refused-"+name, c)
+	}
+	bad("lz4-pclusterblks", a("-zlz4hc", "-C65536"), patchCfg(0, 2, 0x01, 0x01)) // 257 blocks > 1 MiB
+	bad("lzma-dictsize", a("-zlzma"), patchCfg(1, 0, 0, 0, 0, 0x01))             // 16 MiB
+	bad("deflate-windowbits", a("-zdeflate"), patchCfg(2, 0, 16))
+	bad("zstd-windowlog", a("-zzstd"), patchCfg(3, 1, 11))
 	rbb := a("--blobdev=BLOB", "--chunksize=4096")
 	rbb.input, rbb.devs = "rebuild", []string{"l1", "l2"}
 	add("rebuild-blobdev", rbb)
@@ -284,6 +311,25 @@ func corpusOne(t *testing.T, mkfs, dir string, c corpusCase, tree, tarball, head
 	}
 	if out, err := exec.Command(mkfs, args...).CombinedOutput(); err != nil {
 		t.Fatalf("mkfs.erofs %s: %v\n%s", strings.Join(args, " "), err, out)
+	}
+	if c.patch != nil {
+		b, err := os.ReadFile(img)
+		if err != nil {
+			t.Fatal(err)
+		}
+		sb, err := erofs.ParseSuperblock(b)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if err := c.patch(b, sb); err != nil {
+			t.Fatal(err)
+		}
+		if sb.HasCompat(erofs.CompatSbChksum) {
+			binary.LittleEndian.PutUint32(b[erofs.SuperblockOffset+4:], erofs.SuperblockChecksum(b, sb.BlkSzBits))
+		}
+		if err := os.WriteFile(img, b, 0o644); err != nil {
+			t.Fatal(err)
+		}
 	}
 	devs := map[string]string{"blob": blob, "tar": tarball, "l1": l1img, "l2": l2img}
 	blobs := []string{img}

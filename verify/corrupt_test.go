@@ -276,6 +276,15 @@ var corruptions = []corruption{
 		}
 		f.t.Fatal("no compressed pcluster")
 	}, rules: []string{RuleDecompress}},
+	{name: "compression-config", args: []string{"-zlz4hc", "-C65536"}, patch: func(f *fixture) {
+		// max_pclusterblks above 1 MiB: the kernel refuses to mount.
+		cfgs := f.img.SB.ComprCfgs
+		if len(cfgs) == 0 || cfgs[0].Alg != 0 {
+			f.t.Fatalf("no lz4 compression config: %+v", cfgs)
+		}
+		f.put16(cfgs[0].Off+2+2, 1000)
+		f.fixCRC()
+	}, rules: []string{RuleComprCfg}},
 	{name: "pcluster-beyond-image", args: []string{"-zlz4hc"}, patch: func(f *fixture) {
 		// Truncate the image: data pclusters at the end now point beyond it.
 		f.b = f.b[:len(f.b)-8192]

@@ -18,6 +18,7 @@ const (
 	RuleSlotDevice      = "slot-beyond-device" // slot blocks larger than the real device
 	RuleSlotUnmapped    = "slot-unmapped"      // flat mode: slot has no blocks/uniaddr
 	RuleDeviceMissing   = "device-missing"     // data on a device that was not given
+	RuleComprCfg        = "compression-config" // a compression config record the kernel refuses at mount
 	RuleInodeCount      = "inode-count"        // reachable inodes != superblock inos (unreachable inodes)
 	RuleSpecialInode    = "special-inode"      // packed/metabox inode problems
 	RuleNidRange        = "nid-range"          // nid outside the metadata area / image
@@ -69,7 +70,7 @@ const (
 // AllRules lists every rule name.
 var AllRules = []string{
 	RuleSbBlocks, RuleSlotHi, RuleSlotReserved, RuleSlotOverlap, RuleSlotDevice, RuleSlotUnmapped,
-	RuleDeviceMissing, RuleInodeCount, RuleSpecialInode, RuleNidRange, RuleInodeFormat, RuleInodeMode,
+	RuleDeviceMissing, RuleComprCfg, RuleInodeCount, RuleSpecialInode, RuleNidRange, RuleInodeFormat, RuleInodeMode,
 	RuleInodeSize, RuleInodeLayout, RuleInodeDecode, RuleStartHi, RuleNlink, RuleSymlink,
 	RuleDirentRead, RuleDirentNameoff, RuleDirentNameLen, RuleDirentNameChar, RuleDirentOrder,
 	RuleDirentFileType, RuleDirentType, RuleDirentDot, RuleDirentDotDot, RuleDirentDup, RuleDirCycle,

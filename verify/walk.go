@@ -151,6 +151,7 @@ type dirWork struct {
 
 func (c *checker) run() {
 	c.checkDevices()
+	c.checkComprCfgs()
 	c.checkSpecial()
 	if c.opt.Content {
 		c.startWorkers()
