@@ -186,3 +186,48 @@ func TestDiskCacheRegistry(t *testing.T) {
 		t.Fatalf("disk cache held %d bytes, bound %d", peak.Load(), bound)
 	}
 }
+
+// TestDiskCacheSharedLayers: two exports naming the same layers in two
+// repositories (same digests), read whole through one --cache-dir daemon,
+// fetch the unique blob bytes about once; the disk cache and per-source
+// metrics are promtool-clean.
+func TestDiskCacheSharedLayers(t *testing.T) {
+	e := newRemoteEnv(t)
+	reg, af := e.registry(t, nil, regPass)
+	im := layouts(t, testtree.Options{Seed: 73, Files: 24, MaxSize: 256 << 10})[1]
+	a := e.push(t, reg, reg.Addr, "e2e/shared-a", im)
+	b := e.push(t, reg, reg.Addr, "e2e/shared-b", im)
+	want := fileSHA(t, composeFile(t, im))
+	before, _, _ := reg.BlobBytes("")
+	d := serveDaemon(t, "--export", "a="+strings.Join(a.blobs, ","), "--export", "b="+strings.Join(b.blobs, ","),
+		"--cert-dir", e.certDir, "--authfile", af, "--cache-dir", filepath.Join(t.TempDir(), "c"))
+	for _, name := range []string{"a", "b"} {
+		out := filepath.Join(t.TempDir(), name+".img")
+		if o, err := exec.Command("nbdcopy", d.uriFor(t, name), out).CombinedOutput(); err != nil {
+			t.Fatalf("nbdcopy %s: %v %s", name, err, o)
+		}
+		if fileSHA(t, out) != want {
+			t.Fatalf("export %s differs from the local composition", name)
+		}
+	}
+	after, _, _ := reg.BlobBytes("")
+	unique := blobSizes(t, im)
+	t.Logf("two exports read whole: %d blob bytes fetched, %d unique (%.3fx)", after-before, unique, float64(after-before)/float64(unique))
+	if float64(after-before) > 1.05*float64(unique) {
+		t.Fatalf("fetched %d bytes for %d unique", after-before, unique)
+	}
+	expo := scrape(t, d.metrics)
+	for _, m := range []string{"erofs_blockd_disk_cache_bytes", "erofs_blockd_source_fetched_bytes_total", "erofs_blockd_source_request_duration_seconds_bucket"} {
+		if !strings.Contains(expo, m) {
+			t.Errorf("%s missing from /metrics", m)
+		}
+	}
+	noSecrets(t, "/metrics", expo)
+	if _, err := exec.LookPath("promtool"); err == nil {
+		cmd := exec.Command("promtool", "check", "metrics")
+		cmd.Stdin = strings.NewReader(expo)
+		if out, err := cmd.CombinedOutput(); err != nil {
+			t.Fatalf("promtool check metrics: %v\n%s", err, out)
+		}
+	}
+}
