@@ -19,6 +19,7 @@ import (
 	"net/http"
 	"os"
 	"path/filepath"
+	"slices"
 	"sort"
 	"strings"
 	"sync"
@@ -168,7 +169,8 @@ type Daemon struct {
 	disk    *diskcache.Cache
 
 	mu      sync.Mutex
-	files   map[string]*opened // by identity
+	pending map[string]*pendingOpen // opened in parallel, not yet taken by open
+	files   map[string]*opened      // by identity
 	byPath  map[string]*opened
 	order   []*opened
 	exports []*Export
@@ -249,6 +251,12 @@ func (d *Daemon) Close() {
 	for _, o := range d.order {
 		o.f.Close()
 	}
+	for _, p := range d.pending {
+		if p.b != nil {
+			p.b.Close()
+		}
+	}
+	d.pending = nil
 	d.order, d.files, d.byPath = nil, map[string]*opened{}, map[string]*opened{}
 	if d.disk != nil {
 		if err := d.disk.Close(); err != nil {
@@ -258,6 +266,41 @@ func (d *Daemon) Close() {
 	}
 }
 
+// openRemote opens the remote sources of specs not opened yet all at
+// once (each costs a round trip or more), for open to pick up. d.mu is held.
+func (d *Daemon) openRemote(specs []string) {
+	var todo []string
+	for _, s := range specs {
+		if source.IsRemote(s) && d.byPath[s] == nil && d.pending[s] == nil && !slices.Contains(todo, s) {
+			todo = append(todo, s)
+		}
+	}
+	if len(todo) < 2 {
+		return
+	}
+	res := make([]pendingOpen, len(todo))
+	var wg sync.WaitGroup
+	for i, s := range todo {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			res[i].b, res[i].err = d.op.Open(context.Background(), s)
+		}()
+	}
+	wg.Wait()
+	if d.pending == nil {
+		d.pending = map[string]*pendingOpen{}
+	}
+	for i, s := range todo {
+		d.pending[s] = &res[i]
+	}
+}
+
+type pendingOpen struct {
+	b   source.Blob
+	err error
+}
+
 // open returns the shared backend for a source spec. d.mu is held.
 func (d *Daemon) open(spec string) (*opened, error) {
 	if o := d.byPath[spec]; o != nil {
@@ -265,7 +308,10 @@ func (d *Daemon) open(spec string) (*opened, error) {
 	}
 	var b source.Blob
 	var err error
-	if source.IsRemote(spec) {
+	if p := d.pending[spec]; p != nil {
+		delete(d.pending, spec)
+		b, err = p.b, p.err
+	} else if source.IsRemote(spec) {
 		b, err = d.op.Open(context.Background(), spec)
 	} else {
 		b, err = source.OpenFile(spec)
@@ -305,6 +351,7 @@ func (d *Daemon) Add(spec Spec) (*Export, error) {
 			return nil, fmt.Errorf("export %q exists", spec.Name)
 		}
 	}
+	d.openRemote(spec.Blobs)
 	var ofs []*opened
 	for _, p := range spec.Blobs {
 		o, err := d.open(p)
