@@ -90,6 +90,8 @@ type stream struct {
 	end   int64
 	run   int
 	ahead int64 // last chunk already claimed ahead
+	// seqBytes is how far the reader has come in order since the stream began.
+	seqBytes int64
 }
 
 type chunkFetch struct {
@@ -185,9 +187,15 @@ func (r *remote) sequential(off, end, last int64) (lo, hi int64) {
 		s := &r.seq[i]
 		if s.end > 0 && off >= s.end-r.chunk && off <= s.end {
 			if end > s.end {
+				s.seqBytes += end - s.end
 				s.end = end
 			}
 			s.run++
+			if s.seqBytes < r.chunk {
+				// Not a whole chunk read in order yet: a small file read
+				// through, not a stream; no readahead.
+				return 1, 0
+			}
 			ra := int64(min(1<<min(s.run, 6), readaheadMax))
 			if s.ahead-last >= ra/2 {
 				return 1, 0
@@ -199,7 +207,7 @@ func (r *remote) sequential(off, end, last int64) (lo, hi int64) {
 			return lo, hi
 		}
 	}
-	r.seq[r.seqNext] = stream{end: end}
+	r.seq[r.seqNext] = stream{end: end, seqBytes: end - off}
 	r.seqNext = (r.seqNext + 1) % streams
 	return 1, 0
 }
