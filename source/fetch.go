@@ -17,8 +17,16 @@ import (
 	"time"
 )
 
-// maxMerge caps how many adjacent missing chunks one GET fetches.
-const maxMerge = 8
+// maxMerge caps how many adjacent missing chunks one GET fetches, and
+// maxMergeBytes its size (so requests in flight per host stay under
+// Parallel × 8 MiB whatever the chunk size).
+const (
+	maxMerge      = 8
+	maxMergeBytes = 8 << 20
+)
+
+// mergeLimit is how many chunks one GET may cover.
+func (r *remote) mergeLimit() int { return max(1, min(maxMerge, int(maxMergeBytes/r.chunk))) }
 
 // Fetched chunks stay in memory for readers that come back to them
 // (readahead, unaligned requests) under one budget per Opener: the larger
@@ -196,7 +204,7 @@ func (r *remote) sequential(off, end, last int64) (lo, hi int64) {
 				// through, not a stream; no readahead.
 				return 1, 0
 			}
-			ra := int64(min(1<<min(s.run, 6), readaheadMax))
+			ra := int64(min(1<<min(s.run, 6), readaheadMax, r.mergeLimit()))
 			if s.ahead-last >= ra/2 {
 				return 1, 0
 			}
@@ -250,7 +258,7 @@ func (r *remote) claimWith(first, last int64, ahead, low bool) []*chunkFetch {
 			cf = &chunkFetch{ahead: ahead, low: low, done: make(chan struct{})}
 			r.chunks[i] = cf
 			run, runF = append(run, i), append(runF, cf)
-			if len(run) == maxMerge {
+			if len(run) >= r.mergeLimit() {
 				flush()
 			}
 		} else {
