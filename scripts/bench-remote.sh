@@ -22,6 +22,15 @@
 #                  (no content cache, --fetch-chunk 1M, --fetch-parallel 8);
 #                  erofs-blockd-chunkN adds --fetch-chunk N, erofs-blockd-parN
 #                  --fetch-parallel N (e.g. SERVERS="erofs-blockd-chunk128K ...")
+#   erofs-blockd-warm  warm restart: erofs-blockd with --cache-dir; before each
+#                  measurement (untimed) the dir is emptied and filled by one
+#                  such server reading the whole device (nbdcopy), which is then
+#                  stopped; the measured server is a fresh process on that dir
+#                  (digest-pinned blobs: expect 0 bytes fetched, any RTT)
+#   erofs-blockd-local  the same primary + blobs served from the local files
+#                  in $BENCH_DIR (page-cached), the baseline of the warm rows
+#                  (e.g. SERVERS="erofs-blockd-warm erofs-blockd-local"
+#                  WORKLOADS=nbdcopy: the issue's warm-restart rows only)
 #   nbdkit-curl    nbdkit -r --filter=readahead --filter=cache curl
 #                  http://PROXY/v2/bench/img/blobs/sha256:<composed image>
 #                  (filter order as nbdkit-readahead-filter(1) documents:
@@ -221,11 +230,12 @@ done
 # ---- servers --------------------------------------------------------------
 SPID=""
 SSOCK=$RUN/srv.sock
+WARMDIR=$RUN/warm-cache # erofs-blockd-warm's --cache-dir
 waitsock() { # socket pid
-	for _ in $(seq 6000); do
+	for _ in $(seq 30000); do # 1 ms polls: start times of ~10 ms are compared
 		[ -S "$1" ] && return 0
 		kill -0 "$2" 2>/dev/null || { echo "bench-remote: server for $1 exited:" >&2; cat "$RUN/srv.log" >&2; return 1; }
-		sleep 0.005
+		sleep 0.001
 	done
 	echo "bench-remote: $1 did not appear" >&2
 	return 1
@@ -235,6 +245,7 @@ ebflags() { # server name -> extra serve flags
 	case $n in
 	erofs-blockd-chunk*) f+=(--fetch-chunk "${n#erofs-blockd-chunk}") ;;
 	erofs-blockd-par*) f+=(--fetch-parallel "${n#erofs-blockd-par}") ;;
+	erofs-blockd-warm) f+=(--cache-dir "$WARMDIR") ;;
 	esac
 	# shellcheck disable=SC2206
 	f+=($EB_ARGS)
@@ -244,6 +255,10 @@ start() { # server rtt: a fresh server on $SSOCK
 	local p=${PROXY[$2]} a=() d
 	rm -f "$SSOCK"
 	case $1 in
+	erofs-blockd-local) # the primary + blobs from local files
+		# shellcheck disable=SC2046
+		env $EB_ENV "$EB" serve "${BLOBS[@]/#/--blob=}" $(ebflags "$1") --listen "unix:$SSOCK" >"$RUN/srv.log" 2>&1 &
+		;;
 	erofs-blockd*)
 		for d in "${DIGESTS[@]}"; do a+=(--blob "oci://$p/$REPO@$d"); done
 		# shellcheck disable=SC2046
@@ -350,6 +365,17 @@ RES=$W/results.tsv
 # secs bytes iops ttfb fetched startup
 measure() {
 	local s=$1 wl=$2 rtt=$3 r=$4 l0 l1 t0 t1 ts secs=0 bytes=0 iops=0 ttfb=0 up=0 rc0 pc0
+	case $s/$wl in
+	erofs-blockd-warm/*) # untimed: fill the cache dir by one whole-device read, stop
+		rm -rf "$WARMDIR"
+		sleep 0.2 && l0=$(logpos)
+		start "$s" "$rtt"
+		nbdcopy "nbd+unix:///?socket=$SSOCK" null:
+		stop
+		sleep 0.2 && l1=$(logpos)
+		log "round $r RTT ${rtt}ms $wl: $s cache filled, fetched (bytes requests) $(fetched "$l0" "$l1" | tr '\t' ' '), $(du -sb "$WARMDIR" | cut -f1) bytes in --cache-dir"
+		;;
+	esac
 	l0=$(logpos) rc0=$(cpu "$REGPID") pc0=$(cpu "${PROXYPID[$rtt]}") SCPU=0
 	case $s/$wl in
 	curl/nbdcopy)
@@ -486,6 +512,35 @@ if e and c:
     goal("RTT 10ms: 10% working set >= 3x faster than downloading everything", "%.2fx" % (c["secs"] / e["secs"]), c["secs"] / e["secs"] >= 3)
 if e:
     goal("RTT 10ms: bytes fetched <= 2x bytes read (working set)", "%.2fx" % (e["fetched"] / selbytes), e["fetched"] / selbytes <= 2)
+for rtt in order("rtt_ms"):
+    wa, lo = agg.get((rtt, "nbdcopy", "erofs-blockd-warm")), agg.get((rtt, "nbdcopy", "erofs-blockd-local"))
+    if wa and lo:
+        goal("RTT %sms: warm restart whole-device read >= 0.8x local files" % rtt, "%.2fx" % (wa["mbs"] / lo["mbs"]), wa["mbs"] / lo["mbs"] >= 0.8)
+        goal("RTT %sms: warm restart time to ready >= 0.8x local (local/warm)" % rtt, "%.2fx" % (lo["up"] / wa["up"]), lo["up"] / wa["up"] >= 0.8)
+        mx = max(int(r["fetched"]) for r in rows if (r["rtt_ms"], r["workload"], r["server"]) == (rtt, "nbdcopy", "erofs-blockd-warm"))
+        goal("RTT %sms: warm restart fetches nothing from the registry (max bytes)" % rtt, "%d" % mx, mx == 0)
+warm = [(rtt, w) for rtt in order("rtt_ms") for w in order("workload")
+        if (rtt, w, "erofs-blockd-warm") in agg and (rtt, w, "erofs-blockd-local") in agg]
+if warm:
+    print()
+    print("Warm restart (--cache-dir filled by a previous whole-device read) vs local files, medians of the same rounds:")
+    hdr = "%-6s %-8s %10s %10s %8s %10s %10s %8s %12s %6s" % ("RTT", "workload", "warm MB/s", "local MB/s", "w/l",
+          "warm up s", "local up s", "w/l", "warm fetch B", "reqs")
+    print(hdr); print("-" * len(hdr))
+    for rtt, w in warm:
+        wa, lo = agg[rtt, w, "erofs-blockd-warm"], agg[rtt, w, "erofs-blockd-local"]
+        if w == "rand4k":
+            tw, tl = wa["iops"], lo["iops"]
+        elif w == "mount10":
+            tw, tl = 1 / wa["secs"], 1 / lo["secs"]  # ratio of speeds
+        else:
+            tw, tl = wa["mbs"], lo["mbs"]
+        mx = max(int(r["fetched"]) for r in rows if (r["rtt_ms"], r["workload"], r["server"]) == (rtt, w, "erofs-blockd-warm"))
+        print("%-6s %-8s %10s %10s %7.2fx %10.4f %10.4f %7.2fx %12s %6.0f" % (rtt + "ms", w,
+              "%.1f" % wa["mbs"] if w == "nbdcopy" else "-", "%.1f" % lo["mbs"] if w == "nbdcopy" else "-", tw / tl,
+              wa["up"], lo["up"], wa["up"] / lo["up"], "%d (max %d)" % (wa["fetched"], mx) if mx else "0", wa["reqs"]))
+    print("w/l throughput: warm / local (rand4k: IOPS; mount10: local time / warm time); goal >= 0.8x.")
+    print("w/l up: warm / local time from server exec to its socket (ready); goal <= 1.25x (local/warm >= 0.8x).")
 EOF
 echo "raw results: $RES"
 
