@@ -80,7 +80,8 @@ type remote struct {
 	storeHits atomic.Uint64
 	digest    string         // OCI: the blob's digest, checked once it is all stored
 	stored    map[int64]bool // chunks known to be in the store (guarded by mu)
-	verifying bool           // a digest check ran or runs (guarded by mu)
+	verifying bool           // a digest check runs (guarded by mu)
+	verified  bool           // the stored chunks passed it (guarded by mu)
 	onDigest  func(name string, err error)
 
 	mu      sync.Mutex
@@ -277,8 +278,30 @@ func (r *remote) fetchRun(first int64, fs []*chunkFetch) {
 		r.fetchRange(first, fs)
 		return
 	}
-	// Chunks the store has are served from it; the misses are fetched in
-	// runs of adjacent chunks, in parallel.
+	// Chunks the store has are served from it (read in parallel, each
+	// reader released as soon as its chunk is in); the misses are fetched
+	// in runs of adjacent chunks, in parallel.
+	hit := make([]bool, len(fs))
+	get := func(i int) {
+		idx := first + int64(i)
+		buf := make([]byte, r.chunkLen(idx))
+		if got, ok := r.store.Get(r.storeKey, idx, buf); ok && got == len(buf) {
+			hit[i] = true
+			r.storeHits.Add(1)
+			r.finish(idx, []*chunkFetch{fs[i]}, buf, nil)
+			r.markStored(idx, 1)
+		}
+	}
+	if len(fs) == 1 {
+		get(0)
+	} else {
+		var gw sync.WaitGroup
+		for i := range fs {
+			gw.Add(1)
+			go func() { defer gw.Done(); get(i) }()
+		}
+		gw.Wait()
+	}
 	var wg sync.WaitGroup
 	runStart := -1
 	flush := func(end int) {
@@ -289,15 +312,9 @@ func (r *remote) fetchRun(first int64, fs []*chunkFetch) {
 			runStart = -1
 		}
 	}
-	for i, cf := range fs {
-		idx := first + int64(i)
-		n := r.chunkLen(idx)
-		buf := make([]byte, n)
-		if got, ok := r.store.Get(r.storeKey, idx, buf); ok && got == len(buf) {
+	for i := range fs {
+		if hit[i] {
 			flush(i)
-			r.storeHits.Add(1)
-			r.finish(idx, []*chunkFetch{cf}, buf, nil)
-			r.markStored(idx, 1)
 			continue
 		}
 		if runStart < 0 {
@@ -322,7 +339,7 @@ func (r *remote) markStored(first int64, n int) {
 	for i := 0; i < n; i++ {
 		r.stored[first+int64(i)] = true
 	}
-	start := !r.verifying && int64(len(r.stored)) == nchunks
+	start := !r.verifying && !r.verified && int64(len(r.stored)) == nchunks
 	if start {
 		r.verifying = true
 	}
@@ -351,7 +368,12 @@ func (r *remote) verifyDigest() {
 		h.Write(buf[:n])
 	}
 	var err error
-	if got := fmt.Sprintf("sha256:%x", h.Sum(nil)); got != r.digest {
+	if got := fmt.Sprintf("sha256:%x", h.Sum(nil)); got == r.digest {
+		r.mu.Lock()
+		r.verified, r.verifying = true, false
+		r.mu.Unlock()
+		r.store.PutMeta(r.verifiedKey(), []byte("yes"))
+	} else {
 		err = fmt.Errorf("%s: cached bytes hash to %s, not its digest; its chunks were dropped and will be refetched", r.name, got)
 		r.store.Drop(r.storeKey)
 		r.mu.Lock()
@@ -362,6 +384,10 @@ func (r *remote) verifyDigest() {
 		r.onDigest(r.name, err)
 	}
 }
+
+// verifiedKey names the record saying the stored chunks passed the digest
+// check (kept across restarts, so a warm restart does not hash again).
+func (r *remote) verifiedKey() string { return "verified:" + r.storeKey }
 
 // chunkLen is the length of chunk idx (the last one may be short).
 func (r *remote) chunkLen(idx int64) int {
@@ -375,6 +401,17 @@ func (r *remote) fetchRange(first int64, fs []*chunkFetch) {
 	start := first * r.chunk
 	end := min(start+int64(len(fs))*r.chunk, r.size) // exclusive
 	buf, err := r.get(start, end, fs)
+	if err == nil && r.store != nil && r.digest != "" {
+		// Bytes from the network: the blob's digest check is due again
+		// once it is whole in the store.
+		r.mu.Lock()
+		was := r.verified
+		r.verified = false
+		r.mu.Unlock()
+		if was {
+			r.store.PutMeta(r.verifiedKey(), []byte("no"))
+		}
+	}
 	if err == nil && r.store != nil {
 		for i := range fs {
 			lo := int64(i) * r.chunk
@@ -732,6 +769,9 @@ func (r *remote) finishProbe(id string) *remote {
 		r.storeKey = fmt.Sprintf("%s/%d/c%d", id, r.size, r.chunk)
 		if d := strings.TrimPrefix(id, "oci:"); strings.HasPrefix(d, "sha256:") {
 			r.digest = d
+			if v, ok := r.store.GetMeta(r.verifiedKey()); ok && string(v) == "yes" {
+				r.verified = true
+			}
 		}
 	case r.validator != "":
 		h := sha256.Sum256([]byte(r.id))

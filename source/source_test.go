@@ -544,5 +544,20 @@ func TestDigestCheckOfStoredBlob(t *testing.T) {
 		if tc.ok > 0 && chunks != 5 {
 			t.Fatalf("%d chunks stored, want 5", chunks)
 		}
+		if tc.ok > 0 {
+			// A restart on the same store does not hash the blob again.
+			op2 := NewOpener(Options{Chunk: 64 << 10, Store: st, Insecure: []string{host}})
+			b2, err := op2.Open(context.Background(), spec)
+			if err != nil {
+				t.Fatal(err)
+			}
+			if _, err := b2.ReadAt(buf, 0); err != nil || !bytes.Equal(buf, good) {
+				t.Fatalf("warm read: %v", err)
+			}
+			time.Sleep(100 * time.Millisecond)
+			if ok, bd := op2.DigestChecks(); ok+bd != 0 {
+				t.Fatalf("verified blob hashed again after a restart: %d/%d", ok, bd)
+			}
+		}
 	}
 }

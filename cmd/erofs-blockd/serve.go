@@ -8,6 +8,7 @@ import (
 	"net"
 	"os"
 	"os/signal"
+	"runtime/pprof"
 	"strings"
 	"sync"
 	"syscall"
@@ -38,6 +39,8 @@ func runServe(args []string, stdout, stderr io.Writer) int {
 	maxInFlight := fs.Int("max-inflight", 64, "maximum requests served concurrently per connection")
 	maxRequest := fs.String("max-request", "32M", "maximum request size")
 	logLevel := fs.String("log-level", "info", "debug, info, warn or error")
+	cpuProfile := fs.String("debug-cpuprofile", "", "write a Go CPU profile of the whole run to `FILE` (benchmarks)")
+	fs.MarkHidden("debug-cpuprofile")
 	sec.register(fs)
 	ef.register(fs)
 	uf := registerUblkFlags(fs)
@@ -45,6 +48,15 @@ func runServe(args []string, stdout, stderr io.Writer) int {
 		return code
 	}
 	log := newLogger(stderr, *logLevel)
+	if *cpuProfile != "" {
+		f, err := os.Create(*cpuProfile)
+		if err != nil {
+			fmt.Fprintln(stderr, "erofs-blockd serve:", err)
+			return exitUnusable
+		}
+		pprof.StartCPUProfile(f)
+		defer func() { pprof.StopCPUProfile(); f.Close() }()
+	}
 	var device string
 	var pos []string
 	for _, a := range fs.Args() {
