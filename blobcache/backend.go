@@ -20,6 +20,7 @@
 package blobcache
 
 import (
+	"github.com/erofs-blockd/erofs-blockd/blockdev"
 	"io"
 	"os"
 	"sync/atomic"
@@ -81,7 +82,7 @@ func (b *Backend) CountZeroCopy(n int64) {
 // Prefetch passes a prefetch to the input when it can (a remote blob);
 // the bytes are not counted as backend reads until a reader reads them.
 func (b *Backend) Prefetch(off, n int64) error {
-	if p, ok := b.R.(interface{ Prefetch(off, n int64) error }); ok {
+	if p, ok := b.R.(blockdev.Prefetcher); ok {
 		return p.Prefetch(off, n)
 	}
 	return nil

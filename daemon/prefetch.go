@@ -211,14 +211,20 @@ func (d *Daemon) ReplayTrace(ctx context.Context, path string, workers int) (Pre
 	return st, nil
 }
 
-// PrefetchAll fills every remote source (--prefetch all) in chunks of
-// unit bytes at low priority, at most rate bytes per second (0: no limit),
+// PrefetchAll fills every remote source (--prefetch all) in steps of
+// unit bytes (0: eight fetch chunks) at low priority, at most rate bytes per second (0: no limit),
 // one blob at a time per worker.
 func (d *Daemon) PrefetchAll(ctx context.Context, unit, rate int64, workers int) PrefetchStats {
+	if unit <= 0 {
+		unit = 8 * d.cfg.Source.Chunk
+		if unit <= 0 {
+			unit = 8 << 20
+		}
+	}
 	d.mu.Lock()
 	var todo []*opened
 	for _, o := range d.order {
-		if _, ok := o.f.(interface{ Prefetch(off, n int64) error }); ok {
+		if _, ok := o.f.(blockdev.Prefetcher); ok {
 			todo = append(todo, o)
 		}
 	}

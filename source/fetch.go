@@ -141,7 +141,7 @@ func (r *remote) ReadAt(p []byte, off int64) (int, error) {
 	fetches := r.claim(first, last)
 	if lo, hi := r.sequential(off, off+want, last); lo <= hi {
 		// A sequential reader: start the next chunks now, without waiting.
-		r.claimAhead(lo, hi)
+		r.claimWith(lo, hi, true, false)
 	}
 	n := 0
 	for i := first; i <= last; i++ {
@@ -223,16 +223,12 @@ func (r *remote) sequential(off, end, last int64) (lo, hi int64) {
 
 // claim returns the fetch of every chunk in [first, last], starting GETs
 // for runs of missing ones.
-func (r *remote) claim(first, last int64) []*chunkFetch { return r.claimAs(first, last, false) }
-
-// claimAhead starts fetches of the missing chunks in [first, last] for
-// readahead.
-func (r *remote) claimAhead(first, last int64) { r.claimAs(first, last, true) }
-
-func (r *remote) claimAs(first, last int64, ahead bool) []*chunkFetch {
-	return r.claimWith(first, last, ahead, false)
+func (r *remote) claim(first, last int64) []*chunkFetch {
+	return r.claimWith(first, last, false, false)
 }
 
+// claimWith is claim for fetches started by readahead (ahead) or by a
+// prefetch (low priority).
 func (r *remote) claimWith(first, last int64, ahead, low bool) []*chunkFetch {
 	out := make([]*chunkFetch, 0, last-first+1)
 	var run []int64
@@ -680,12 +676,9 @@ func (o *Opener) probe(ctx context.Context, req requester, name, id string, h *h
 	if r.store != nil && strings.HasPrefix(id, "oci:") {
 		// A digest-pinned blob never changes: with its size stored it
 		// opens without asking the registry (a warm restart sends nothing).
-		if m, ok := r.store.GetMeta(metaKey); ok {
-			var meta blobMeta
-			if json.Unmarshal(m, &meta) == nil && meta.Size > 0 {
-				r.size = meta.Size
-				return r.finishProbe(id), nil
-			}
+		if meta, ok := r.storedMeta(metaKey); ok {
+			r.size = meta.Size
+			return r.finishProbe(id), nil
 		}
 	}
 	var resp *http.Response
@@ -710,13 +703,10 @@ func (o *Opener) probe(ctx context.Context, req requester, name, id string, h *h
 		// opens anyway and serves what is cached.
 		var rt *retryable
 		if r.store != nil && (resp == nil || errors.As(err, &rt)) {
-			if m, ok := r.store.GetMeta(metaKey); ok {
-				var meta blobMeta
-				if json.Unmarshal(m, &meta) == nil && meta.Size > 0 {
-					o.opt.Logger.Warn("remote source unreachable; serving it from the disk cache", "source", name, "err", err)
-					r.size, r.validator = meta.Size, meta.Validator
-					return r.finishProbe(id), nil
-				}
+			if meta, ok := r.storedMeta(metaKey); ok {
+				o.opt.Logger.Warn("remote source unreachable; serving it from the disk cache", "source", name, "err", err)
+				r.size, r.validator = meta.Size, meta.Validator
+				return r.finishProbe(id), nil
 			}
 		}
 		return nil, err
@@ -752,6 +742,13 @@ func (o *Opener) probe(ctx context.Context, req requester, name, id string, h *h
 type blobMeta struct {
 	Size      int64  `json:"size"`
 	Validator string `json:"validator,omitempty"`
+}
+
+// storedMeta returns the blob's size and validator kept in the store.
+func (r *remote) storedMeta(key string) (blobMeta, bool) {
+	var meta blobMeta
+	m, ok := r.store.GetMeta(key)
+	return meta, ok && json.Unmarshal(m, &meta) == nil && meta.Size > 0
 }
 
 // finishProbe sets the identity and the store key once size and validator

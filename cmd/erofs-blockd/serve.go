@@ -106,10 +106,6 @@ func runServe(args []string, stdout, stderr io.Writer) int {
 		fmt.Fprintln(stderr, "erofs-blockd serve:", err)
 		return exitUnusable
 	}
-	if _, err := img.remote.options(log); err != nil {
-		fmt.Fprintln(stderr, "erofs-blockd serve:", err)
-		return exitUnusable
-	}
 	dmn, err := ef.newDaemon(log, &img, cf)
 	if err != nil {
 		fmt.Fprintln(stderr, "erofs-blockd serve:", err)
@@ -189,9 +185,7 @@ func runServe(args []string, stdout, stderr io.Writer) int {
 		fmt.Fprintf(stdout, "metrics http://%s/metrics\n", addr)
 	}
 
-	if so, err := img.remote.options(log); err == nil {
-		ef.startPrefetch(ctx, dmn, so.Chunk, log)
-	}
+	ef.startPrefetch(ctx, dmn, log)
 
 	var kdev *kernel.Device
 	if device != "" {

@@ -121,7 +121,7 @@ func (e *exportFlags) newDaemon(log *slog.Logger, img *imageFlags, cf composeFla
 
 // startPrefetch runs --prefetch-trace and --prefetch all in the
 // background; they stop with ctx.
-func (e *exportFlags) startPrefetch(ctx context.Context, d *daemon.Daemon, chunk int64, log *slog.Logger) {
+func (e *exportFlags) startPrefetch(ctx context.Context, d *daemon.Daemon, log *slog.Logger) {
 	if e.prefetchTrace != "" {
 		go func() {
 			st, err := d.ReplayTrace(ctx, e.prefetchTrace, 8)
@@ -137,7 +137,7 @@ func (e *exportFlags) startPrefetch(ctx context.Context, d *daemon.Daemon, chunk
 	if e.prefetch == "all" {
 		rate, _ := parseSize(e.prefetchRate)
 		go func() {
-			st := d.PrefetchAll(ctx, 8*chunk, rate, 2)
+			st := d.PrefetchAll(ctx, 0, rate, 2)
 			if st.Err != nil {
 				log.Warn("prefetch all", "err", st.Err)
 			}
