@@ -26,6 +26,11 @@ if [ "${1:-}" = "--print" ]; then
   exit 0
 fi
 
+# One build at a time (parallel test runs and helpers may all ask for it);
+# the check for an existing build below runs after the lock is taken.
+exec 9>"/tmp/.erofs-utils-$version.lock"
+flock 9
+
 # What the corpus needs to be built in; checked against the "available
 # compressors" line of `mkfs.erofs --version`.
 compressors=(lz4 lz4hc lzma deflate libdeflate zstd)

@@ -5,7 +5,8 @@
 // extra devices. It owns the writing side of the on-disk format and nothing
 // else: callers (package merge) decide what the tree contains.
 //
-// The image uses 4 KiB blocks. Block 0 holds the superblock and the device
+// The image uses 4 KiB blocks unless Image.BlockBits says otherwise
+// (512-byte blocks for indexes over tar layers). The first 4 KiB hold the superblock and the device
 // table (which spills into further blocks for more than 23 devices), then
 // comes the inode area (meta_blkaddr 0, so nid = byte offset / 32), then
 // data blocks: directories, plain symlinks and copied file content.
@@ -30,7 +31,7 @@ import (
 	"github.com/erofs-blockd/erofs-blockd/erofs"
 )
 
-// BlockSize is the block size of written images.
+// BlockSize is the default block size of written images (Image.BlockBits 0).
 const (
 	BlockSize = 4096
 	blkBits   = 12
@@ -44,6 +45,9 @@ type Image struct {
 	// AlignBlocks aligns each device's uniaddr (in blocks, power of two or
 	// any positive value; 0 or 1: contiguous after the previous device).
 	AlignBlocks uint64
+	// BlockBits is log2 of the block size, 9 (512 B, tar indexes) to 12;
+	// 0 means 12. Chunk sizes, device blocks and uniaddrs count in it.
+	BlockBits uint8
 }
 
 // Device is one device-table slot. Its uniaddr is assigned by Write.
@@ -83,7 +87,7 @@ type Inode struct {
 	Xattrs    []Xattr
 
 	// Regular files: Size bytes, either copied from Data, or described by
-	// Chunks (ceil(Size / chunk size) of them, chunk size BlockSize <<
+	// Chunks (ceil(Size / chunk size) of them, chunk size block size <<
 	// ChunkBits). Neither: Size must be 0.
 	Size      int64
 	Data      io.ReaderAt
@@ -106,6 +110,7 @@ func Mkdev(major, minor uint32) uint32 {
 type Stats struct {
 	Inodes      int
 	Blocks      uint64 // total blocks of the image (the file is Blocks*BlockSize bytes)
+	BlockSize   int64  // bytes per block
 	MetaBlocks  uint64 // superblock, device table and inodes
 	DataBlocks  uint64 // directories, plain symlinks, copied data
 	CopiedBytes int64  // regular-file bytes copied into the image

@@ -37,7 +37,7 @@ func sum(b []byte) string { h := sha256.Sum256(b); return hex.EncodeToString(h[:
 
 // fixture builds a tree exercising every writer feature and the expected
 // listing (path -> description).
-func fixture(dev []byte) (*Image, map[string]string) {
+func fixture(dev []byte, bs int) (*Image, map[string]string) {
 	want := map[string]string{}
 	dir := func(mode uint32, es ...Entry) *Inode {
 		return &Inode{Mode: erofs.S_IFDIR | mode, Entries: es}
@@ -49,11 +49,11 @@ func fixture(dev []byte) (*Image, map[string]string) {
 	hl := file([]byte("linked\n"))
 	// chunked: chunk size 2 blocks, size 5 blocks + 10 bytes: dev blocks
 	// 2..3, a hole, then a data chunk copied into the image.
-	csize := int64(5*4096 + 10)
+	csize := int64(5*bs + 10)
 	chunked := &Inode{Mode: erofs.S_IFREG | 0o600, Size: csize, ChunkBits: 1, Chunks: []Chunk{
-		{Device: 1, Block: 2}, {Hole: true}, {Data: pattern(4096+10, 9)},
+		{Device: 1, Block: 2}, {Hole: true}, {Data: pattern(bs+10, 9)},
 	}}
-	cwant := append(append(append([]byte{}, dev[2*4096:4*4096]...), make([]byte, 2*4096)...), pattern(4096+10, 9)...)
+	cwant := append(append(append([]byte{}, dev[2*bs:4*bs]...), make([]byte, 2*bs)...), pattern(bs+10, 9)...)
 	var bigdir []Entry
 	for i := 0; i < 600; i++ {
 		name := fmt.Sprintf("entry-%04d-%s", i, strings.Repeat("y", i%50))
@@ -95,19 +95,33 @@ func fixture(dev []byte) (*Image, map[string]string) {
 	} {
 		want[k] = v
 	}
-	return &Image{Root: root, Devices: []Device{{Tag: strings.Repeat("ab", 16), Blocks: uint64(len(dev) / 4096)}}}, want
+	return &Image{Root: root, Devices: []Device{{Tag: strings.Repeat("ab", 16), Blocks: uint64(len(dev) / bs)}}}, want
 }
 
 func TestRoundTrip(t *testing.T) {
+	for _, bits := range []uint8{0, 9, 10} {
+		t.Run(fmt.Sprintf("blockbits-%d", bits), func(t *testing.T) { roundTrip(t, bits) })
+	}
+}
+
+func roundTrip(t *testing.T, bits uint8) {
+	bs := 1 << 12
+	if bits != 0 {
+		bs = 1 << bits
+	}
 	dev := pattern(8*4096, 5)
-	img, want := fixture(dev)
+	img, want := fixture(dev, bs)
 	img.AlignBlocks = 128
+	img.BlockBits = bits
 	var out memWriter
 	st, err := Write(&out, img)
 	if err != nil {
 		t.Fatal(err)
 	}
-	if int64(len(out.b)) != int64(st.Blocks)*BlockSize {
+	if st.BlockSize != int64(bs) || im0BlockBits(out.b) != uint8(len(fmt.Sprintf("%b", bs))-1) {
+		t.Fatalf("block size %d, superblock bits %d, want %d", st.BlockSize, im0BlockBits(out.b), bs)
+	}
+	if int64(len(out.b)) != int64(st.Blocks)*int64(bs) {
 		t.Fatalf("wrote %d bytes, stats say %d blocks", len(out.b), st.Blocks)
 	}
 	if st.Slots[0].UniAddr%128 != 0 || st.Slots[0].UniAddr < st.Blocks {
@@ -174,16 +188,28 @@ func TestRoundTrip(t *testing.T) {
 		rep.WriteText(&sb)
 		t.Fatalf("verify:\n%s", sb.String())
 	}
-	// erofs-utils' own checker decodes every file too.
-	if _, err := exec.LookPath("fsck.erofs"); err == nil {
+	// erofs-utils' own checker decodes every file too (1.9.4 where
+	// available: Debian's 1.5 knows only 4 KiB blocks).
+	fsck := "/opt/erofs-utils-1.9.4/bin/fsck.erofs"
+	if _, err := os.Stat(fsck); err != nil && bs == 4096 {
+		fsck = "fsck.erofs"
+	}
+	if _, err := exec.LookPath(fsck); err == nil {
 		dir := t.TempDir()
 		p, dp := filepath.Join(dir, "x.erofs"), filepath.Join(dir, "dev")
 		os.WriteFile(p, out.b, 0o644)
 		os.WriteFile(dp, dev, 0o644)
-		if o, err := exec.Command("fsck.erofs", "--device="+dp, "--extract", p).CombinedOutput(); err != nil {
+		if o, err := exec.Command(fsck, "--device="+dp, "--extract", p).CombinedOutput(); err != nil {
 			t.Errorf("fsck.erofs: %v\n%s", err, o)
 		}
 	}
+}
+
+func im0BlockBits(b []byte) uint8 {
+	if len(b) < erofs.SuperblockOffset+13 {
+		return 0
+	}
+	return b[erofs.SuperblockOffset+0x0C]
 }
 
 func TestRefusals(t *testing.T) {

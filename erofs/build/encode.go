@@ -15,7 +15,7 @@ func (wr *writer) putSuper(b []byte, total uint64, slots []erofs.DeviceSlot) {
 	s := b[erofs.SuperblockOffset:]
 	le.PutUint32(s[0x00:], erofs.SuperMagic)
 	le.PutUint32(s[0x08:], erofs.CompatSbChksum|erofs.CompatMtime)
-	s[0x0C] = blkBits
+	s[0x0C] = wr.bits
 	le.PutUint16(s[0x0E:], uint16(wr.plans[0].nid()))
 	le.PutUint64(s[0x10:], uint64(len(wr.plans)))
 	le.PutUint64(s[0x18:], uint64(wr.epoch))
@@ -107,6 +107,7 @@ func (wr *writer) putInode(meta []byte, p *plan) {
 
 // writeData writes the data blocks in allocation order.
 func (wr *writer) writeData(w io.WriterAt, dataStart uint64) error {
+	bs := wr.bs
 	ow := &offWriter{w: w, off: int64(dataStart) * bs}
 	bw := bufio.NewWriterSize(ow, 1<<20)
 	buf := make([]byte, 1<<20)
@@ -161,8 +162,8 @@ func (wr *writer) writeData(w io.WriterAt, dataStart uint64) error {
 	if err := bw.Flush(); err != nil {
 		return fmt.Errorf("erofs build: write data: %w", err)
 	}
-	if uint64(ow.off) != wr.dataNext*bs {
-		return fmt.Errorf("erofs build: internal error: wrote up to %d, want %d", ow.off, wr.dataNext*bs)
+	if ow.off != int64(wr.dataNext)*bs {
+		return fmt.Errorf("erofs build: internal error: wrote up to %d, want %d", ow.off, int64(wr.dataNext)*bs)
 	}
 	return nil
 }
@@ -182,7 +183,7 @@ func copyData(w io.Writer, r io.ReaderAt, size int64, buf []byte) error {
 }
 
 func (wr *writer) writeDir(w io.Writer, p *plan) error {
-	blk := make([]byte, bs)
+	blk := make([]byte, wr.bs)
 	for _, ents := range p.blocks {
 		clear(blk)
 		nameoff := 12 * len(ents)

@@ -13,7 +13,6 @@ import (
 var le = binary.LittleEndian
 
 const (
-	bs          = BlockSize
 	nullAddr    = 0xFFFFFFFF
 	devtSlotOff = (erofs.SuperblockOffset + erofs.SuperblockSize) / erofs.DeviceSlotSize // 9: byte 1152
 	// maxChunkBits bounds the chunk format's block-bits field.
@@ -64,6 +63,8 @@ func (p *plan) nid() uint64 { return uint64(p.off) / 32 }
 // writer holds the state of one Write.
 type writer struct {
 	img      *Image
+	bs       int64 // block size
+	bits     uint8
 	plans    []*plan
 	byInode  map[*Inode]*plan
 	epoch    int64
@@ -89,7 +90,15 @@ func Write(w io.WriterAt, img *Image) (*Stats, error) {
 			return nil, fmt.Errorf("erofs build: device %d: %d blocks (want 1..2^32-1)", i+1, d.Blocks)
 		}
 	}
-	wr := &writer{img: img, byInode: map[*Inode]*plan{}}
+	wr := &writer{img: img, byInode: map[*Inode]*plan{}, bits: img.BlockBits}
+	if wr.bits == 0 {
+		wr.bits = blkBits
+	}
+	if wr.bits < 9 || wr.bits > blkBits {
+		return nil, fmt.Errorf("erofs build: block bits %d (want 9..12)", wr.bits)
+	}
+	wr.bs = int64(1) << wr.bits
+	bs := wr.bs
 	if err := wr.collect(); err != nil {
 		return nil, err
 	}
@@ -109,12 +118,12 @@ func Write(w io.WriterAt, img *Image) (*Stats, error) {
 	if err != nil {
 		return nil, err
 	}
-	meta := make([]byte, dataStart*bs)
+	meta := make([]byte, int64(dataStart)*bs)
 	wr.putSuper(meta, total, slots)
 	for _, p := range wr.plans {
 		wr.putInode(meta, p)
 	}
-	csum := erofs.SuperblockChecksum(meta[:bs], blkBits)
+	csum := erofs.SuperblockChecksum(meta, wr.bits)
 	le.PutUint32(meta[erofs.SuperblockOffset+4:], csum)
 	if _, err := w.WriteAt(meta, 0); err != nil {
 		return nil, fmt.Errorf("erofs build: write metadata: %w", err)
@@ -124,6 +133,7 @@ func Write(w io.WriterAt, img *Image) (*Stats, error) {
 	}
 	wr.stats.Inodes = len(wr.plans)
 	wr.stats.Blocks = total
+	wr.stats.BlockSize = bs
 	wr.stats.MetaBlocks = dataStart
 	wr.stats.DataBlocks = total - dataStart
 	wr.stats.Slots = slots
@@ -219,7 +229,7 @@ func (wr *writer) prepare() error {
 		}
 		switch typeOf(ino.Mode) {
 		case erofs.S_IFDIR:
-			p.layoutDir()
+			p.layoutDir(wr.bs)
 		case erofs.S_IFLNK:
 			if ino.Target == "" || len(ino.Target) > 4095 {
 				return &Error{Path: p.path, Msg: fmt.Sprintf("symlink target of %d bytes", len(ino.Target))}
@@ -240,7 +250,7 @@ func (wr *writer) prepare() error {
 			p.size > math.MaxUint32 || mt < 0 || mt > math.MaxUint32 || ino.MtimeNsec != 0
 		// Inline payloads must sit in the inode's block; otherwise use
 		// data blocks.
-		if p.kind == dataInline && p.payloadOff()+len(p.inline) > bs {
+		if p.kind == dataInline && int64(p.payloadOff()+len(p.inline)) > wr.bs {
 			p.kind = dataPlain
 		}
 	}
@@ -249,6 +259,7 @@ func (wr *writer) prepare() error {
 
 func (wr *writer) prepareFile(p *plan) error {
 	ino := p.ino
+	bs := wr.bs
 	p.size = ino.Size
 	if ino.Size < 0 {
 		return &Error{Path: p.path, Msg: "negative size"}
@@ -317,13 +328,13 @@ func readFull(r io.ReaderAt, b []byte, off int64) error {
 }
 
 // layoutDir cuts a directory's sorted entries into blocks.
-func (p *plan) layoutDir() {
+func (p *plan) layoutDir(bs int64) {
 	p.kind = dataPlain
 	var cur []dirent
 	used := 0
 	for _, e := range p.ents {
 		need := 12 + len(e.name)
-		if used+need > bs {
+		if int64(used+need) > bs {
 			p.blocks = append(p.blocks, cur)
 			cur, used = nil, 0
 		}
@@ -352,7 +363,7 @@ func (p *plan) payloadOff() int {
 
 // place assigns inode offsets from byte start and returns the end.
 func (wr *writer) place(start int64) int64 {
-	pos := start
+	pos, bs := start, wr.bs
 	for _, p := range wr.plans {
 		p.total = p.payloadOff()
 		switch p.kind {
@@ -362,8 +373,8 @@ func (wr *writer) place(start int64) int64 {
 			p.total += 8 * len(p.ino.Chunks)
 		}
 		pos = roundUp(pos, 32)
-		inBlk := int(pos % bs)
-		if (p.kind == dataInline && inBlk+p.total > bs) || (p.extended && inBlk+64 > bs) {
+		inBlk := pos % bs
+		if (p.kind == dataInline && inBlk+int64(p.total) > bs) || (p.extended && inBlk+64 > bs) {
 			pos = roundUp(pos, bs)
 		}
 		p.off = pos
@@ -374,6 +385,7 @@ func (wr *writer) place(start int64) int64 {
 
 // allocData assigns data blocks in plan order.
 func (wr *writer) allocData() {
+	bs := wr.bs
 	for _, p := range wr.plans {
 		switch p.kind {
 		case dataPlain:
