@@ -255,8 +255,12 @@ func (c *conn) infoOrGo(opt uint32, data []byte, structured, metaSel bool, metaE
 		return nil, err
 	}
 	p = binary.BigEndian.AppendUint16(p[:0], infoBlockSize)
+	pref := e.BlockSize
+	if pref < 512 || pref > 4096 || pref&(pref-1) != 0 {
+		pref = 4096
+	}
 	p = binary.BigEndian.AppendUint32(p, 1)
-	p = binary.BigEndian.AppendUint32(p, 4096)
+	p = binary.BigEndian.AppendUint32(p, pref)
 	p = binary.BigEndian.AppendUint32(p, c.srv.cfg.MaxRequest)
 	if err := c.optReply(opt, repInfo, p); err != nil {
 		return nil, err

@@ -23,6 +23,10 @@ type Export struct {
 	Name        string
 	Description string
 	Device      blockdev.Device
+	// BlockSize is the preferred block size advertised in
+	// NBD_INFO_BLOCK_SIZE (a power of two, 512..4096; 0: 4096), e.g. the
+	// filesystem's block size.
+	BlockSize uint32
 }
 
 // Config tunes a Server. The zero value is usable.
