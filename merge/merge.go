@@ -1,17 +1,22 @@
-// Package merge builds a metadata-only EROFS index over several layer
-// images: the overlay of their trees (later layers win, OCI and overlayfs
+// Package merge builds a metadata-only EROFS index over several layers,
+// EROFS images or tar layers (plain, gzip, zstd; tar.go): the overlay of their trees (later layers win, OCI and overlayfs
 // whiteouts and opaque directories applied), written with package
 // erofs/build. Regular files become chunk-based inodes whose chunk indexes
 // point (device_id, block) into the layer that provides the data; the
-// device table has one slot per layer, tagged with the layer's UUID.
-// Layers are only read.
+// device table has one slot per layer, tagged with the layer's UUID (EROFS)
+// or its diffID (tar: the sha256 of the uncompressed tar, which is what the
+// slot's device serves; gzip:/zstd: sources decompress). An index with a
+// tar layer uses 512-byte blocks, and EROFS layers of any block size can be
+// mixed in (their block addresses are counted in 512-byte units).
+// Layers are only read; a tar layer is read once, as a stream.
 //
 // Data that is not block-addressable in its layer (inline tails, compressed
 // files) is copied into the index, or refused with Options.NoCopy.
 //
 // API:
 //
-//	type Layer struct { Name string; R io.ReaderAt; Size int64 }
+//	type Layer struct { Name string; R io.ReaderAt; Size int64; DiffID string }
+//	func Detect(r io.ReaderAt, size int64) (Kind, error)
 //	type Options struct { NoCopy bool; AlignBlocks uint64; Hook func(path string, f *File) error }
 //	func Plan(layers []Layer, opt Options) (*build.Image, *Report, error)
 //	func Merge(w io.WriterAt, layers []Layer, opt Options) (*Report, error)
@@ -28,7 +33,9 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"maps"
 	"math/bits"
+	"slices"
 	"strings"
 
 	"github.com/erofs-blockd/erofs-blockd/erofs"
@@ -40,6 +47,9 @@ type Layer struct {
 	Name string // for messages (a file name)
 	R    io.ReaderAt
 	Size int64
+	// DiffID, if set, is the expected sha256 of a tar layer's
+	// uncompressed content ("sha256:HEX"); a mismatch is an error.
+	DiffID string
 }
 
 // Options for Plan and Merge.
@@ -49,6 +59,9 @@ type Options struct {
 	NoCopy bool
 	// AlignBlocks aligns the uniaddr of each layer's slot (0: contiguous).
 	AlignBlocks uint64
+	// AlignBytes, if set, does the same in bytes (a multiple of the
+	// index's block size, which depends on the layers).
+	AlignBytes int64
 	// Hook, if set, is called for every regular file of the result once
 	// the overlay is complete (e.g. to add fingerprint xattrs).
 	Hook func(path string, f *File) error
@@ -75,6 +88,9 @@ type Report struct {
 	CopiedBytes int64 // bytes copied into the index
 	Whiteouts   int   // whiteouts and opaque directories applied
 	Stats       *build.Stats
+	// Info has one entry per layer: its kind, and for tar layers the
+	// diffID, tar size and compressed-stream index.
+	Info []LayerInfo
 }
 
 // ErrNotAddressable is wrapped by refusals under Options.NoCopy.
@@ -106,6 +122,7 @@ type merger struct {
 	layers []*layerCtx
 	root   *node
 	rep    Report
+	bs     int64 // block size of the index
 }
 
 // Merge plans the index over layers and writes it to w.
@@ -130,23 +147,63 @@ func Plan(layers []Layer, opt Options) (*build.Image, *Report, error) {
 	if len(layers) > 0xFFFE {
 		return nil, nil, fmt.Errorf("merge: %d layers, at most %d", len(layers), 0xFFFE)
 	}
-	m := &merger{opt: opt, root: &node{isDir: true, kids: map[string]*node{}}}
+	m := &merger{opt: opt, root: &node{isDir: true, kids: map[string]*node{}}, bs: build.BlockSize}
 	out := &build.Image{AlignBlocks: opt.AlignBlocks}
 	uuidSrc := sha256.New()
 	uuidSrc.Write([]byte("erofs-blockd merge"))
+	kinds := make([]Kind, len(layers))
 	for i, l := range layers {
-		lc, dev, err := openLayer(i, l)
+		k, err := Detect(l.R, l.Size)
+		if err != nil {
+			return nil, nil, fmt.Errorf("merge: %s: %w", layerName(i, l), err)
+		}
+		kinds[i] = k
+		if k != KindEROFS {
+			m.bs = 1 << tarBlockBits
+		}
+	}
+	if m.bs != build.BlockSize {
+		out.BlockBits = tarBlockBits
+	}
+	if opt.AlignBytes > 0 {
+		if opt.AlignBytes%m.bs != 0 {
+			return nil, nil, fmt.Errorf("merge: alignment %d is not a multiple of the index's block size %d", opt.AlignBytes, m.bs)
+		}
+		out.AlignBlocks = uint64(opt.AlignBytes / m.bs)
+	}
+	type applier func() error
+	var apply []applier
+	for i, l := range layers {
+		name := layerName(i, l)
+		if kinds[i] != KindEROFS {
+			tl, err := m.scanTar(i, l, name, kinds[i])
+			if err != nil {
+				return nil, nil, err
+			}
+			m.rep.Info = append(m.rep.Info, tl.info)
+			out.Devices = append(out.Devices, build.Device{Tag: strings.TrimPrefix(tl.info.DiffID, "sha256:"),
+				Blocks: uint64((tl.info.TarSize + m.bs - 1) / m.bs)})
+			uuidSrc.Write([]byte(tl.info.DiffID))
+			apply = append(apply, func() error { m.overlay(m.root, tl.root); return nil })
+			continue
+		}
+		lc, dev, err := m.openLayer(i, l, name)
 		if err != nil {
 			return nil, nil, err
 		}
 		m.layers = append(m.layers, lc)
+		m.rep.Info = append(m.rep.Info, LayerInfo{Name: name, Kind: KindEROFS})
 		out.Devices = append(out.Devices, dev)
 		uuidSrc.Write(lc.img.SB.UUID[:])
+		apply = append(apply, func() error { return m.applyDir(lc, lc.img.Root(), m.root, "/", 0) })
 	}
-	for _, lc := range m.layers {
-		if err := m.applyDir(lc, lc.img.Root(), m.root, "/", 0); err != nil {
+	for _, a := range apply {
+		if err := a(); err != nil {
 			return nil, nil, err
 		}
+	}
+	if m.root.ino == nil {
+		m.root.ino = &build.Inode{Mode: erofs.S_IFDIR | 0o755}
 	}
 	// A deterministic UUID: the same layers give the same index.
 	copy(out.UUID[:], uuidSrc.Sum(nil)[:16])
@@ -161,23 +218,26 @@ func Plan(layers []Layer, opt Options) (*build.Image, *Report, error) {
 	return out, &m.rep, nil
 }
 
-// openLayer opens one layer and describes its device slot.
-func openLayer(i int, l Layer) (*layerCtx, build.Device, error) {
-	name := l.Name
-	if name == "" {
-		name = fmt.Sprintf("layer %d", i+1)
+func layerName(i int, l Layer) string {
+	if l.Name == "" {
+		return fmt.Sprintf("layer %d", i+1)
 	}
+	return l.Name
+}
+
+// openLayer opens one EROFS layer and describes its device slot.
+func (m *merger) openLayer(i int, l Layer, name string) (*layerCtx, build.Device, error) {
 	img, err := erofs.Open(newSegReader(l.R, l.Size), l.Size)
 	if err != nil {
-		return nil, build.Device{}, fmt.Errorf("merge: %s: not a usable EROFS image: %w", name, err)
+		return nil, build.Device{}, fmt.Errorf("merge: %s: not a usable EROFS image (nor a tar, tar+gzip or tar+zstd layer): %w", name, err)
 	}
-	if img.BlockSize() != build.BlockSize {
-		return nil, build.Device{}, fmt.Errorf("merge: %s: block size %d, merge needs %d", name, img.BlockSize(), build.BlockSize)
+	if m.bs == build.BlockSize && img.BlockSize() != build.BlockSize {
+		return nil, build.Device{}, fmt.Errorf("merge: %s: block size %d, merge needs %d (or a tar layer in the merge: then any)", name, img.BlockSize(), build.BlockSize)
 	}
 	if n := img.SB.NumDevices(); n > 0 {
 		return nil, build.Device{}, fmt.Errorf("merge: %s: has %d extra device(s); merge takes single-device layer images", name, n)
 	}
-	blocks := uint64((l.Size + build.BlockSize - 1) / build.BlockSize)
+	blocks := uint64((l.Size + m.bs - 1) / m.bs)
 	if blocks == 0 || blocks >= 1<<32 {
 		return nil, build.Device{}, fmt.Errorf("merge: %s: %d blocks", name, blocks)
 	}
@@ -343,7 +403,9 @@ func (m *merger) finish(n *node, path string) (*build.Inode, error) {
 		return n.ino, nil
 	}
 	n.ino.Entries = n.ino.Entries[:0]
-	for name, k := range n.kids {
+	// Sorted, so the same layers give the same index byte for byte.
+	for _, name := range slices.Sorted(maps.Keys(n.kids)) {
+		k := n.kids[name]
 		c, err := m.finish(k, path+name+map[bool]string{true: "/", false: ""}[k.isDir])
 		if err != nil {
 			return nil, err
@@ -381,7 +443,7 @@ func (m *merger) fileData(lc *layerCtx, src *erofs.Inode, path string, ino *buil
 	if len(rs) == 0 {
 		return nil, m.errf(lc, path, "no data ranges for %d bytes", src.Size)
 	}
-	const bs = build.BlockSize
+	bs := m.bs
 	var segs []segment
 	var why string
 	next := int64(0)
@@ -395,7 +457,7 @@ func (m *merger) fileData(lc *layerCtx, src *erofs.Inode, path string, ino *buil
 			segs = append(segs, segment{logical: r.Logical, length: r.Length, hole: true})
 		case (r.Kind == erofs.KindFlat || r.Kind == erofs.KindChunk) && r.Device == 0 && r.Phys%bs == 0:
 			segs = append(segs, segment{logical: r.Logical, length: r.Length, phys: r.Phys})
-		case r.Kind == erofs.KindInline && !r.Compressed && i == len(rs)-1 && r.Logical%bs == 0 && r.Length <= bs:
+		case r.Kind == erofs.KindInline && !r.Compressed && i == len(rs)-1 && r.Logical%bs == 0 && r.Length <= lc.img.BlockSize():
 			why = "an inline tail"
 			segs = append(segs, segment{logical: r.Logical, length: r.Length, data: []byte{}})
 		default:
@@ -432,14 +494,13 @@ func (m *merger) fileData(lc *layerCtx, src *erofs.Inode, path string, ino *buil
 		}
 		f.copied = last.length
 	}
-	ino.ChunkBits, ino.Chunks = chunks(segs, src.Size, uint16(lc.idx+1))
+	ino.ChunkBits, ino.Chunks = chunks(segs, src.Size, uint16(lc.idx+1), bs)
 	return f, nil
 }
 
 // chunks picks the largest chunk size at which every segment starts on a
 // chunk boundary and returns the chunk list.
-func chunks(segs []segment, size int64, dev uint16) (uint8, []build.Chunk) {
-	const bs = build.BlockSize
+func chunks(segs []segment, size int64, dev uint16, bs int64) (uint8, []build.Chunk) {
 	nblk := uint64((size + bs - 1) / bs)
 	cb := uint8(bits.Len64(nblk - 1)) // smallest chunk covering the file
 	for _, s := range segs[1:] {
@@ -460,7 +521,8 @@ func chunks(segs []segment, size int64, dev uint16) (uint8, []build.Chunk) {
 		case s.hole:
 			out[i] = build.Chunk{Hole: true}
 		case s.data != nil:
-			out[i] = build.Chunk{Data: s.data[lo-s.logical:]}
+			d := s.data[lo-s.logical:]
+			out[i] = build.Chunk{Data: d[:min(int64(len(d)), cs)]}
 		default:
 			out[i] = build.Chunk{Device: dev, Block: uint64((s.phys + lo - s.logical) / bs)}
 		}

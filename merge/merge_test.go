@@ -154,13 +154,13 @@ func TestHook(t *testing.T) {
 func TestChunks(t *testing.T) {
 	const bs = 4096
 	// One flat extent: one chunk covering the file.
-	cb, cs := chunks([]segment{{logical: 0, length: 5*bs + 1, phys: 10 * bs}}, 5*bs+1, 2)
+	cb, cs := chunks([]segment{{logical: 0, length: 5*bs + 1, phys: 10 * bs}}, 5*bs+1, 2, bs)
 	if cb != 3 || len(cs) != 1 || cs[0].Device != 2 || cs[0].Block != 10 {
 		t.Fatalf("flat: %d %+v", cb, cs)
 	}
 	// Extent, hole at block 4, tail copied at block 6.
 	segs := []segment{{logical: 0, length: 4 * bs, phys: 8 * bs}, {logical: 4 * bs, length: 2 * bs, hole: true}, {logical: 6 * bs, length: 10, data: []byte("0123456789")}}
-	cb, cs = chunks(segs, 6*bs+10, 1)
+	cb, cs = chunks(segs, 6*bs+10, 1, bs)
 	if cb != 1 || len(cs) != 4 || cs[1].Block != 10 || !cs[2].Hole || string(cs[3].Data) != "0123456789" {
 		t.Fatalf("mixed: %d %+v", cb, cs)
 	}
