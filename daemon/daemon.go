@@ -74,8 +74,8 @@ func LoadConfig(path string) ([]Spec, error) {
 	dir := filepath.Dir(path)
 	for _, x := range cf.Exports {
 		for i, p := range x.Blobs {
-			if p != "" && !filepath.IsAbs(p) && !source.IsRemote(p) {
-				x.Blobs[i] = filepath.Join(dir, p)
+			if in := source.Inner(p); in != "" && !filepath.IsAbs(in) && !source.IsRemote(in) {
+				x.Blobs[i] = source.WithInner(p, filepath.Join(dir, in))
 			}
 		}
 	}
@@ -213,6 +213,13 @@ func New(cfg Config) (*Daemon, error) {
 	so.Observer = d.metrics
 	if d.disk != nil {
 		so.Store = d.disk
+		// gzip:/zstd: indexes live next to the chunks they describe (the
+		// lock on the cache dir covers them too).
+		so.IndexDir = filepath.Join(cfg.CacheDir, "index")
+		if err := os.MkdirAll(so.IndexDir, 0o700); err != nil {
+			d.disk.Close()
+			return nil, fmt.Errorf("--cache-dir: %w", err)
+		}
 	}
 	if so.Logger == nil {
 		so.Logger = cfg.Logger
@@ -271,7 +278,7 @@ func (d *Daemon) Close() {
 func (d *Daemon) openRemote(specs []string) {
 	var todo []string
 	for _, s := range specs {
-		if source.IsRemote(s) && d.byPath[s] == nil && d.pending[s] == nil && !slices.Contains(todo, s) {
+		if (source.IsRemote(s) || source.IsDecoded(s)) && d.byPath[s] == nil && d.pending[s] == nil && !slices.Contains(todo, s) {
 			todo = append(todo, s)
 		}
 	}
@@ -311,7 +318,7 @@ func (d *Daemon) open(spec string) (*opened, error) {
 	if p := d.pending[spec]; p != nil {
 		delete(d.pending, spec)
 		b, err = p.b, p.err
-	} else if source.IsRemote(spec) {
+	} else if source.IsRemote(spec) || source.IsDecoded(spec) {
 		b, err = d.op.Open(context.Background(), spec)
 	} else {
 		b, err = source.OpenFile(spec)
@@ -398,7 +405,7 @@ func (d *Daemon) NBDServer(cfg nbd.Config) (*nbd.Server, error) {
 	}
 	srv := nbd.NewServer(cfg)
 	for _, ex := range d.Exports() {
-		if err := srv.AddExport(nbd.Export{Name: ex.Spec.Name, Description: ex.Description(), Device: ex.Dev}); err != nil {
+		if err := srv.AddExport(nbd.Export{Name: ex.Spec.Name, Description: ex.Description(), Device: ex.Dev, BlockSize: uint32(ex.Flat.Superblock().BlockSize())}); err != nil {
 			return nil, err
 		}
 	}

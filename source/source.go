@@ -64,6 +64,10 @@ type Options struct {
 	Store ChunkStore
 	// Observer is told about every request to a remote source (metrics).
 	Observer Observer
+	// IndexDir keeps the random-access indexes of gzip:/zstd: sources
+	// (and zstd blobs decoded whole); "" keeps them next to local files
+	// and only in memory for remote blobs (decode.go).
+	IndexDir string
 	// certsRoot overrides /etc (tests).
 	certsRoot string
 }
@@ -102,8 +106,10 @@ func (nopObserver) FetchDone(string, int, time.Duration, error) {}
 func (nopObserver) FetchRetry(string)                           {}
 func (nopObserver) FetchFailed(string)                          {}
 
-// IsRemote reports whether spec names a remote source.
+// IsRemote reports whether spec names a remote source (also under
+// gzip:/zstd:).
 func IsRemote(spec string) bool {
+	spec = Inner(spec)
 	return strings.HasPrefix(spec, "oci://") || strings.HasPrefix(spec, "http://") || strings.HasPrefix(spec, "https://")
 }
 
@@ -164,6 +170,8 @@ func (o *Opener) digestChecked(name string, err error) {
 // Open opens spec.
 func (o *Opener) Open(ctx context.Context, spec string) (Blob, error) {
 	switch {
+	case IsDecoded(spec):
+		return o.openDecoded(ctx, spec)
 	case strings.HasPrefix(spec, "oci://"):
 		return o.openOCI(ctx, spec)
 	case strings.HasPrefix(spec, "http://"), strings.HasPrefix(spec, "https://"):
@@ -216,8 +224,8 @@ func (f *File) Identity() string { return f.id }
 func Redacted(specs []string) []string {
 	out := make([]string, len(specs))
 	for i, s := range specs {
-		if strings.HasPrefix(s, "http://") || strings.HasPrefix(s, "https://") {
-			s = redactSpec(s)
+		if in := Inner(s); strings.HasPrefix(in, "http://") || strings.HasPrefix(in, "https://") {
+			s = WithInner(s, redactSpec(in))
 		}
 		out[i] = s
 	}

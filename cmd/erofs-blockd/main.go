@@ -33,7 +33,7 @@ func commands() []command {
 		{"inspect", "[flags] [IMAGE]", "print the superblock, features, device table and a summary", runInspect},
 		{"verify", "[flags] [IMAGE]", "check every structure and block reference (exit 0 clean, 1 problems, 2 unusable)", runVerify},
 		{"ls", "[flags] [IMAGE] [PATH]", "list files with type, mode, size, target and digest", runLs},
-		{"merge", "[flags] -o INDEX LAYER...", "write a metadata-only EROFS index merging layer images (later layers win)", runMerge},
+		{"merge", "[flags] -o INDEX LAYER...", "write a metadata-only EROFS index merging layers: EROFS images, tar, tar+gzip, tar+zstd (later layers win)", runMerge},
 		{"version", "", "print the version", runVersion},
 	}
 }

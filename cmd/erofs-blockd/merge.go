@@ -7,7 +7,6 @@ import (
 	"path/filepath"
 	"strings"
 
-	"github.com/erofs-blockd/erofs-blockd/erofs/build"
 	"github.com/erofs-blockd/erofs-blockd/merge"
 	"github.com/erofs-blockd/erofs-blockd/source"
 )
@@ -20,7 +19,7 @@ func runMerge(args []string, stdout, stderr io.Writer) int {
 	fs := newFlags("merge", "[flags] -o INDEX LAYER...", stderr)
 	out := fs.StringP("output", "o", "", "write the index image to `FILE`")
 	align := fs.String("align", "", "align each layer's unified address (uniaddr) to SIZE (e.g. 512K; default: contiguous)")
-	noCopy := fs.Bool("no-copy", false, "refuse files whose data is not block-addressable in their layer (inline tails, compressed) instead of copying it into the index")
+	noCopy := fs.Bool("no-copy", false, "refuse files whose data is not block-addressable in their layer (inline tails, compressed data, unaligned sparse tar files) instead of copying it into the index")
 	quiet := fs.BoolP("quiet", "q", false, "print nothing on success")
 	if code, ok := parse(fs, args); !ok {
 		return code
@@ -40,10 +39,8 @@ func runMerge(args []string, stdout, stderr io.Writer) int {
 	if err != nil {
 		return fail("--align: %v", err)
 	}
-	if alignB%build.BlockSize != 0 {
-		return fail("--align %s is not a multiple of the block size %d", *align, build.BlockSize)
-	}
-	srcs, files, err := openSources(paths, nil)
+	op := source.NewOpener(source.Options{})
+	srcs, files, err := openSources(paths, op)
 	if err != nil {
 		return fail("%v", err)
 	}
@@ -74,11 +71,25 @@ func runMerge(args []string, stdout, stderr io.Writer) int {
 			os.Remove(tmp.Name())
 		}
 	}()
-	rep, err := merge.Merge(tmp, layers, merge.Options{NoCopy: *noCopy, AlignBlocks: uint64(alignB / build.BlockSize)})
+	rep, err := merge.Merge(tmp, layers, merge.Options{NoCopy: *noCopy, AlignBytes: alignB})
 	if err != nil {
 		return fail("%s", strings.TrimPrefix(err.Error(), "merge: "))
 	}
-	if err := tmp.Truncate(int64(rep.Stats.Blocks) * build.BlockSize); err != nil {
+	// The streaming pass built each compressed layer's index: keep it
+	// where `serve` looks (next to a local layer), so serving does not
+	// read the layers again.
+	serveSpecs := append([]string{}, paths...)
+	for i, in := range rep.Info {
+		switch in.Kind {
+		case merge.KindTarGzip:
+			op.SaveGzipIndex(files[i].(source.Blob), in.Gzip)
+			serveSpecs[i] = "gzip:" + paths[i]
+		case merge.KindTarZstd:
+			op.SaveZstdIndex(files[i].(source.Blob), in.Zstd)
+			serveSpecs[i] = "zstd:" + paths[i]
+		}
+	}
+	if err := tmp.Truncate(int64(rep.Stats.Blocks) * rep.Stats.BlockSize); err != nil {
 		return fail("%v", err)
 	}
 	if err := tmp.Chmod(0o644); err != nil {
@@ -95,11 +106,12 @@ func runMerge(args []string, stdout, stderr io.Writer) int {
 		st := rep.Stats
 		fmt.Fprintf(stdout, "%s: %d layers, %d inodes, %d regular files (%d referenced in place, %d copied: %d bytes), whiteouts/opaque dirs applied: %d, %d blocks (%d metadata, %d data)\n",
 			*out, rep.Layers, st.Inodes, rep.Files, rep.Referenced, rep.Copied, rep.CopiedBytes, rep.Whiteouts, st.Blocks, st.MetaBlocks, st.DataBlocks)
+		fmt.Fprintf(stdout, "  block size %d\n", st.BlockSize)
 		for i, s := range st.Slots {
-			fmt.Fprintf(stdout, "  device %d: %s  tag %s  %d blocks at uniaddr %d\n", i+1, paths[i], s.TagString(), s.Blocks, s.UniAddr)
+			fmt.Fprintf(stdout, "  device %d: %s (%s)  tag %s  %d blocks at uniaddr %d\n", i+1, paths[i], rep.Info[i].Kind, s.TagString(), s.Blocks, s.UniAddr)
 		}
 		args := ""
-		for _, p := range append([]string{*out}, paths...) {
+		for _, p := range append([]string{*out}, serveSpecs...) {
 			args += " --blob " + p
 		}
 		fmt.Fprintf(stdout, "serve it with: erofs-blockd serve%s --listen unix:SOCKET\n", args)
