@@ -424,7 +424,7 @@ func WriteDupLayer(out string) error {
 		{h: tar.Header{Name: "dup/dir/inner", Typeflag: tar.TypeReg, Mode: 0o644, ModTime: mt(5)}, data: []byte("inner\n")},
 		{h: tar.Header{Name: "dup/file", Typeflag: tar.TypeReg, Mode: 0o600, ModTime: mt(6), Uid: 1234, Gid: 5678,
 			PAXRecords: map[string]string{"SCHILY.xattr.user.dup": "second"}}, data: DupSecond},
-		{h: tar.Header{Name: "dup/type", Typeflag: tar.TypeSymlink, Linkname: "file", ModTime: mt(7)}},
+		{h: tar.Header{Name: "dup/type", Typeflag: tar.TypeSymlink, Linkname: "file", Mode: 0o777, ModTime: mt(7)}},
 		{h: tar.Header{Name: "./dup/dir/", Typeflag: tar.TypeDir, Mode: 0o750, ModTime: mt(8), Uid: 6}},
 		{h: tar.Header{Name: "dup/file-link", Typeflag: tar.TypeLink, Linkname: "dup/file"}},
 		{h: tar.Header{Name: "extra/", Typeflag: tar.TypeDir, Mode: 0o755, ModTime: mt(9)}},
