@@ -12,7 +12,7 @@ var castagnoli = crc32.MakeTable(crc32.Castagnoli)
 
 // Builder decompresses a gzip stream in one streaming pass, verifying each
 // member's CRC32 and ISIZE, and records a Point at the start of every member
-// and at the first deflate block end at least Span output bytes past the
+// and at the first deflate block end more than Span output bytes past the
 // previous point. Read returns the uncompressed stream; Index the result
 // once Read has returned io.EOF.
 type Builder struct {
@@ -54,7 +54,7 @@ func (b *Builder) add(p Point) {
 func (b *Builder) member(in, out int64) { b.add(Point{In: in, Out: out}) }
 
 func (b *Builder) block(cp flate.InflateCheckpoint) {
-	if n := len(b.points); n > 0 && cp.UncompressedOffset-b.points[n-1].Out < b.span {
+	if n := len(b.points); n > 0 && cp.UncompressedOffset-b.points[n-1].Out <= b.span {
 		return
 	}
 	p := cpPoint(cp)

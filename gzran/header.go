@@ -68,6 +68,9 @@ func readHeader(br *bufio.Reader, start int64) (int64, error) {
 	h := &hdrReader{br: br, start: start}
 	var b [10]byte
 	if err := h.full(b[:]); err != nil {
+		if (h.n >= 1 && b[0] != 0x1f) || (h.n >= 2 && b[1] != 0x8b) {
+			return 0, gzErr(start, "bad gzip magic (want 1f 8b)")
+		}
 		return 0, err
 	}
 	if b[0] != 0x1f || b[1] != 0x8b {
