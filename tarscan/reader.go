@@ -199,8 +199,8 @@ func (tr *Reader) discard(n int64) error {
 		}
 		return nil
 	}
-	if tr.scratch == nil {
-		tr.scratch = make([]byte, 64<<10)
+	if int64(len(tr.scratch)) < min(n, 64<<10) {
+		tr.scratch = make([]byte, min(max(n, 4<<10), 64<<10))
 	}
 	for n > 0 {
 		c := min(n, int64(len(tr.scratch)))
