@@ -23,6 +23,7 @@ const (
 	defaultCache   = 64 << 20
 	defaultSegSize = 256 << 10
 	maxCursors     = 8
+	maxHeld        = 16 << 20
 )
 
 // Stats are a Reader's counters.
@@ -337,9 +338,9 @@ func (r *Reader) decodeRange(s int, rel int64, dst []byte) error {
 func (r *Reader) decodeVerified(s int, rel int64, dst []byte) error {
 	c := &cursor{s: newStreamAt(r.src, r.srcSize, &r.pts[s]), span: s}
 	spanLen := r.spanEnd(s) - r.spanStart(s)
-	var keep int64 // segments kept for the cache: at most half of it
+	var keep int64 // segments held for the cache until verified: half of it, at most maxHeld
 	if r.cache != nil {
-		keep = r.cache.max / 2
+		keep = min(r.cache.max/2, maxHeld)
 	}
 	var pending [][]byte
 	var held int64
