@@ -329,3 +329,39 @@ func TestRealArchives(t *testing.T) {
 		})
 	}
 }
+
+// TestGNUVolumes: a volume label ('V') is skipped; the continuation
+// ('M') that starts the second volume of a multi-volume archive is refused.
+func TestGNUVolumes(t *testing.T) {
+	need(t, "tar")
+	dir := t.TempDir()
+	rng := rand.New(rand.NewSource(3))
+	for _, f := range []string{"f1", "f2"} {
+		b := make([]byte, 30000)
+		rng.Read(b)
+		if err := os.WriteFile(filepath.Join(dir, f), b, 0o644); err != nil {
+			t.Fatal(err)
+		}
+	}
+	p := func(n string) string { return filepath.Join(dir, n) }
+	run(t, nil, "tar", "-C", dir, "-c", "--format=gnu", "-V", "MYLABEL", "-f", p("lab.tar"), "f1", "f2")
+	run(t, nil, "tar", "-C", dir, "-c", "--format=gnu", "-M", "-L", "40", "-f", p("v1.tar"), "-f", p("v2.tar"), "f1", "f2")
+	lab, err := os.ReadFile(p("lab.tar"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	f1, _ := os.ReadFile(p("f1"))
+	f2, _ := os.ReadFile(p("f2"))
+	ents, _ := compareArchive(t, lab, map[string][]byte{"f1": f1, "f2": f2})
+	if len(ents) != 2 || ents[0].Name != "f1" || ents[0].Header != 512 {
+		t.Errorf("labelled archive: %+v", ents)
+	}
+	v2, err := os.ReadFile(p("v2.tar"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	_, err = scanBytes(t, v2)
+	if errRule(err) != "GNU multivolume continuation entries are not supported" {
+		t.Errorf("second volume: %v", err)
+	}
+}
