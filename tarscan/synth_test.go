@@ -509,3 +509,49 @@ func TestPAXTime(t *testing.T) {
 		}
 	}
 }
+
+func TestXattrDuplicates(t *testing.T) {
+	var tb tarBuf
+	tb.pax('x', "LIBARCHIVE.xattr.user.a", "eA==", "LIBARCHIVE.xattr.user.%62", "Yg", "SCHILY.xattr.user.c", "", "SCHILY.xattr.user.a", "y")
+	tb.add(hdr{name: "f", typ: '0', magic: magicUSTAR}, nil)
+	ents, err := scanBytes(t, tb.end())
+	if err != nil || len(ents) != 1 {
+		t.Fatal(ents, err)
+	}
+	want := []Xattr{{"user.a", []byte("y")}, {"user.b", []byte("b")}, {"user.c", []byte{}}}
+	if !reflect.DeepEqual(ents[0].Xattrs, want) {
+		t.Errorf("xattrs %q, want %q", ents[0].Xattrs, want)
+	}
+}
+
+type countReader struct {
+	r     io.Reader
+	reads int
+}
+
+func (c *countReader) Read(p []byte) (int, error) { c.reads++; return c.r.Read(p) }
+
+// TestLargeReads: data is read with the caller's buffer size, headers a
+// block at a time, skipped data in large chunks.
+func TestLargeReads(t *testing.T) {
+	var tb tarBuf
+	tb.add(hdr{name: "a", typ: '0', magic: magicUSTAR, size: 4 << 20}, make([]byte, 4<<20))
+	tb.add(hdr{name: "b", typ: '0', magic: magicUSTAR, size: 4 << 20}, make([]byte, 4<<20))
+	cr := &countReader{r: bytes.NewReader(tb.end())}
+	tr := NewReader(cr)
+	if _, err := tr.Next(); err != nil {
+		t.Fatal(err)
+	}
+	if n, err := io.ReadFull(tr, make([]byte, 4<<20)); n != 4<<20 || err != nil {
+		t.Fatal(n, err)
+	}
+	if _, err := tr.Next(); err != nil { // skips b's data
+		t.Fatal(err)
+	}
+	if _, err := tr.Next(); err != io.EOF {
+		t.Fatal(err)
+	}
+	if cr.reads > 80 {
+		t.Errorf("%d reads for two 4 MiB entries", cr.reads)
+	}
+}
