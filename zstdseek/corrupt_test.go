@@ -206,7 +206,7 @@ func TestIndexLies(t *testing.T) {
 	blob, _ := klausFrames(t, data, 50000)
 	ix, _ := buildStream(t, blob)
 	for name, edit := range map[string]func(ix *Index){
-		"sum":           func(ix *Index) { ix.Frames[1].Sum32++ },
+		"sum": func(ix *Index) { ix.Frames[1].Sum32++ },
 		"merged": func(ix *Index) { // two frames as one: refused (one frame per entry)
 			ix.Frames[1].CompSize += ix.Frames[2].CompSize
 			ix.Frames[1].Size += ix.Frames[2].Size
