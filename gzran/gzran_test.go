@@ -51,6 +51,7 @@ func cases(t *testing.T) []gzCase {
 func TestBuildAndServe(t *testing.T) {
 	for _, c := range cases(t) {
 		t.Run(c.name, func(t *testing.T) {
+			t.Parallel()
 			b := NewBuilder(bytes.NewReader(c.gz), 64<<10)
 			out, err := io.ReadAll(b)
 			if err != nil {
