@@ -153,6 +153,9 @@ func (r *Reader) ReadAt(p []byte, off int64) (int, error) {
 	end := off + int64(len(p))
 	n := 0
 	for i := r.ix.find(off); n < len(p); {
+		if i >= len(r.ix.Frames) {
+			return n, fmt.Errorf("zstdseek: no frame holds uncompressed offset %d", off+int64(n))
+		}
 		data, fl, claimed := r.acquire(i, end)
 		switch {
 		case fl != nil:

@@ -6,6 +6,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"runtime"
 	"testing"
 
 	"github.com/klauspost/compress/zstd"
@@ -266,6 +267,21 @@ func TestReaderLimits(t *testing.T) {
 	if _, err := Build(bytes.NewReader(big)); err != nil {
 		t.Fatalf("small --long frame: %v", err)
 	}
+	// From stdin the frame keeps its declared 128 MiB window: the Builder
+	// accepts it (the zstd CLI's default limit), the Reader decodes it
+	// without allocating the window.
+	long := runTool(t, data[:200000], "zstd", "-q", "-c", "--long=27")
+	lix, lout := buildStream(t, long)
+	if !bytes.Equal(lout, data[:200000]) {
+		t.Fatal("--long=27 stream differs")
+	}
+	lr, err := NewReader(bytes.NewReader(long), lix, Options{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := lr.ReadAt(p, 150000); err != nil || !bytes.Equal(p, data[150000:150010]) {
+		t.Fatalf("--long=27 frame: %v", err)
+	}
 }
 
 func TestXXH64(t *testing.T) {
@@ -283,5 +299,53 @@ func TestXXH64(t *testing.T) {
 		if uint32(d.Sum64()) != sum32(data) {
 			t.Fatalf("pieces of %d: streaming digest differs", n)
 		}
+	}
+}
+
+// gatedSource blocks every ReadAt until open is closed.
+type gatedSource struct {
+	r    io.ReaderAt
+	open chan struct{}
+}
+
+func (g *gatedSource) ReadAt(p []byte, off int64) (int, error) {
+	<-g.open
+	return g.r.ReadAt(p, off)
+}
+
+func TestSingleflight(t *testing.T) {
+	data := testData(1<<20, 14)
+	blob, _ := klausFrames(t, data, 256<<10)
+	ix, _ := buildStream(t, blob)
+	src := &gatedSource{r: bytes.NewReader(blob), open: make(chan struct{})}
+	r, err := NewReader(src, ix, Options{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer r.Close()
+	const g = 6
+	errc := make(chan error, g)
+	for k := 0; k < g; k++ {
+		go func(k int) {
+			p := make([]byte, 1000)
+			off := int64(300000 + k*1000) // all in frame 1
+			_, err := r.ReadAt(p, off)
+			if err == nil && !bytes.Equal(p, data[off:off+1000]) {
+				err = fmt.Errorf("reader %d: wrong bytes", k)
+			}
+			errc <- err
+		}(k)
+	}
+	for r.Stats().Joins < g-1 { // wait (no deadline: the test timeout bounds it) until all but one wait
+		runtime.Gosched()
+	}
+	close(src.open)
+	for k := 0; k < g; k++ {
+		if err := <-errc; err != nil {
+			t.Fatal(err)
+		}
+	}
+	if s := r.Stats(); s.Decodes != 1 || s.SrcReads != 1 || s.Joins != g-1 {
+		t.Fatalf("stats %+v, want one decode and %d joins", s, g-1)
 	}
 }
