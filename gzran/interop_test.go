@@ -89,6 +89,43 @@ func TestMkfsErofsZinfo(t *testing.T) {
 			}
 			checkReads(t, r, theirs, tarData, 3)
 
+			// Completed (one checked pass), their zinfo gets span CRCs, and
+			// a damaged layer or window is caught.
+			done, _ := ReadZinfo(bytes.NewReader(zb))
+			if err := Complete(bytes.NewReader(c.gz), done); err != nil {
+				t.Fatalf("Complete: %v", err)
+			}
+			if done.Size != int64(len(tarData)) || len(done.SpanCRC) != len(done.Points) {
+				t.Fatalf("Complete: size %d, %d CRCs for %d points", done.Size, len(done.SpanCRC), len(done.Points))
+			}
+			rc, err := NewReader(bytes.NewReader(c.gz), int64(len(c.gz)), done, Options{})
+			if err != nil {
+				t.Fatal(err)
+			}
+			checkReads(t, rc, done, tarData, 5)
+			bad := append([]byte{}, c.gz...)
+			bad[len(bad)/2] ^= 0x40
+			if err := Complete(bytes.NewReader(bad), mustZinfo(t, zb)); err == nil {
+				t.Fatal("Complete accepted a damaged stream")
+			}
+			worse := mustZinfo(t, zb)
+			wi := 1
+			for worse.Points[wi].Out == 5<<20 || worse.Points[wi].Out == 11<<20 { // member starts are exempt
+				wi++
+			}
+			worse.Points[wi].Window[100] ^= 1
+			if err := Complete(bytes.NewReader(c.gz), worse); err == nil {
+				t.Fatal("Complete accepted a wrong window")
+			}
+			// A layer damaged after Complete: its spans fail their CRC.
+			rb, err := NewReader(bytes.NewReader(bad), int64(len(bad)), done, Options{})
+			if err != nil {
+				t.Fatal(err)
+			}
+			if _, err := rb.ReadAt(make([]byte, len(tarData)), 0); err == nil {
+				t.Fatal("read of a layer damaged after Complete succeeded")
+			}
+
 			ours, err := Build(bytes.NewReader(c.gz), DefaultSpan)
 			if err != nil {
 				t.Fatal(err)
@@ -146,4 +183,13 @@ func TestMkfsErofsZinfo(t *testing.T) {
 			}
 		})
 	}
+}
+
+func mustZinfo(t *testing.T, zb []byte) *Index {
+	t.Helper()
+	ix, err := ReadZinfo(bytes.NewReader(zb))
+	if err != nil {
+		t.Fatal(err)
+	}
+	return ix
 }

@@ -141,14 +141,8 @@ func (o *Opener) openGzip(d *decoded, zinfo string) error {
 	var ix *gzran.Index
 	var err error
 	if zinfo != "" {
-		f, err := os.Open(zinfo)
-		if err != nil {
-			return fmt.Errorf("zinfo: %w", err)
-		}
-		ix, err = gzran.ReadZinfo(bufio.NewReader(f))
-		f.Close()
-		if err != nil {
-			return fmt.Errorf("zinfo %s: %w", zinfo, err)
+		if ix, err = o.userZinfo(d.inner, zinfo); err != nil {
+			return err
 		}
 	} else if ix = o.loadGzip(d.inner); ix == nil {
 		if ix, err = o.buildGzip(d.inner); err != nil {
@@ -385,6 +379,43 @@ func writeAtomic(path string, data []byte) error {
 		os.Remove(tmp.Name())
 	}
 	return err
+}
+
+// userZinfo reads a zinfo given with gzip,zinfo=FILE:. A zinfo has no
+// checksums, so the first use checks it against one pass over the blob
+// (gzran.Complete: member CRCs, windows, span CRCs) and keeps the result
+// (FILE.meta, or under IndexDir) for the next start.
+func (o *Opener) userZinfo(b Blob, path string) (*gzran.Index, error) {
+	zb, err := os.ReadFile(path)
+	if err != nil {
+		return nil, fmt.Errorf("zinfo: %w", err)
+	}
+	ix, err := gzran.ReadZinfo(bytes.NewReader(zb))
+	if err != nil {
+		return nil, fmt.Errorf("zinfo %s: %w", path, err)
+	}
+	sum := sha256.Sum256(zb)
+	meta := path + ".meta"
+	if o.opt.IndexDir != "" {
+		h := sha256.Sum256([]byte(b.Identity()))
+		meta = filepath.Join(o.opt.IndexDir, hex.EncodeToString(h[:16])+"-"+hex.EncodeToString(sum[:8])+".zinfo.meta")
+	}
+	if kept, err := os.ReadFile(meta); err == nil {
+		if payload, ksum, ok := openEnvelope(kept, indexStamp(b)); ok && bytes.Equal(ksum, sum[:]) && ix.UnmarshalMeta(payload) == nil {
+			return ix, nil
+		}
+	}
+	r, dc := pass(b)
+	if err := gzran.Complete(r, ix); err != nil {
+		return nil, fmt.Errorf("zinfo %s does not fit this blob: %w", path, err)
+	}
+	if err := dc.check(); err != nil {
+		return nil, err
+	}
+	if err := writeAtomic(meta, envelope(indexStamp(b), sum[:], ix.MarshalMeta())); err != nil {
+		o.opt.Logger.Warn("could not keep the zinfo check (it is redone at the next start)", "path", meta, "err", err)
+	}
+	return ix, nil
 }
 
 // SaveGzipIndex keeps ix for the compressed blob b (best effort, logged):
