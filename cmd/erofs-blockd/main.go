@@ -85,6 +85,8 @@ func parse(fs *pflag.FlagSet, args []string) (int, bool) {
 		if errors.Is(err, pflag.ErrHelp) {
 			return exitOK, false
 		}
+		// pflag prints nothing in ContinueOnError mode.
+		fmt.Fprintf(fs.Output(), "erofs-blockd %s: %v (see erofs-blockd %s --help)\n", fs.Name(), err, fs.Name())
 		return exitUnusable, false
 	}
 	return 0, true
