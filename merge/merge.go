@@ -171,8 +171,6 @@ func Plan(layers []Layer, opt Options) (*build.Image, *Report, error) {
 		}
 		out.AlignBlocks = uint64(opt.AlignBytes / m.bs)
 	}
-	type applier func() error
-	var apply []applier
 	for i, l := range layers {
 		name := layerName(i, l)
 		if kinds[i] != KindEROFS {
@@ -184,7 +182,7 @@ func Plan(layers []Layer, opt Options) (*build.Image, *Report, error) {
 			out.Devices = append(out.Devices, build.Device{Tag: strings.TrimPrefix(tl.info.DiffID, "sha256:"),
 				Blocks: uint64((tl.info.TarSize + m.bs - 1) / m.bs)})
 			uuidSrc.Write([]byte(tl.info.DiffID))
-			apply = append(apply, func() error { m.overlay(m.root, tl.root); return nil })
+			m.overlay(m.root, tl.root)
 			continue
 		}
 		lc, dev, err := m.openLayer(i, l, name)
@@ -195,10 +193,7 @@ func Plan(layers []Layer, opt Options) (*build.Image, *Report, error) {
 		m.rep.Info = append(m.rep.Info, LayerInfo{Name: name, Kind: KindEROFS})
 		out.Devices = append(out.Devices, dev)
 		uuidSrc.Write(lc.img.SB.UUID[:])
-		apply = append(apply, func() error { return m.applyDir(lc, lc.img.Root(), m.root, "/", 0) })
-	}
-	for _, a := range apply {
-		if err := a(); err != nil {
+		if err := m.applyDir(lc, lc.img.Root(), m.root, "/", 0); err != nil {
 			return nil, nil, err
 		}
 	}

@@ -292,15 +292,24 @@ func (m *merger) tarEntry(tl *tarLayer, tr *tarscan.Reader, e *tarscan.Entry, by
 		n.ino = m.dirAttrs(n, ino)
 	case '1':
 		t := byPath[e.Linkname]
+		if t == nil && !tl.hides(e.Linkname) {
+			// A link to a lower layer's file, as extraction onto the
+			// lower layers makes it (one inode, two names).
+			if lower := m.lookup(e.Linkname); lower != nil && !lower.isDir {
+				t = &tnode{leaf: lower}
+			}
+		}
 		if t == nil || t.isDir {
-			return errf("hard link to %q, which is not an earlier non-directory entry of this layer", e.Linkname)
+			return errf("hard link to %q, which is neither an earlier non-directory entry of this layer nor a file of a lower layer", e.Linkname)
 		}
 		n = t
 	case '2':
 		if e.Linkname == "" || len(e.Linkname) > 4095 {
 			return errf("symlink target of %d bytes", len(e.Linkname))
 		}
-		ino.Mode |= erofs.S_IFLNK
+		// Linux symlinks are always 0777 (what extraction gives,
+		// whatever the header says).
+		ino.Mode = erofs.S_IFLNK | 0o777
 		ino.Target = e.Linkname
 		n = &tnode{leaf: &node{ino: ino}}
 	case '3', '4':
@@ -332,6 +341,40 @@ func (m *merger) tarEntry(tl *tarLayer, tr *tarscan.Reader, e *tarscan.Entry, by
 	dir.kids[base] = n
 	byPath[e.Name] = n
 	return nil
+}
+
+// lookup finds path in the merged tree of the lower layers.
+func (m *merger) lookup(path string) *node {
+	n := m.root
+	for _, c := range strings.Split(path, "/") {
+		if n == nil || !n.isDir {
+			return nil
+		}
+		n = n.kids[c]
+	}
+	return n
+}
+
+// hides reports whether this layer's whiteouts or opaque directories so
+// far hide path of the lower layers.
+func (tl *tarLayer) hides(path string) bool {
+	d := tl.root
+	comps := strings.Split(path, "/")
+	for i, c := range comps {
+		if d.opaque || d.whiteouts[c] {
+			return true
+		}
+		if i == len(comps)-1 {
+			break
+		}
+		if d = d.kids[c]; d == nil {
+			return false
+		}
+		if !d.isDir {
+			return true // replaced by a non-directory in this layer
+		}
+	}
+	return false
 }
 
 // dirAttrs returns the inode for a directory (keeping the opaque xattr out

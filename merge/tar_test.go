@@ -108,6 +108,8 @@ func TestTarLayers(t *testing.T) {
 	l3 := mkTar(t, []tarEnt{
 		{name: "big", typ: tar.TypeReg, data: []byte("replaced")},
 		{name: "etc/passwd", typ: tar.TypeReg, data: []byte("root:x:0:0:new\n")},
+		{name: "hl-lower", typ: tar.TypeLink, link: "x"}, // a file of layer 1
+		{name: "link600", typ: tar.TypeSymlink, link: "x", mode: 0o600},
 	})
 	layers := []Layer{
 		{Name: "l1.tar", R: bytes.NewReader(l1), Size: int64(len(l1))},
@@ -173,6 +175,12 @@ func TestTarLayers(t *testing.T) {
 	}
 	if e := got["/hl"]; e.UID != 4000000 || e.Nlink != 1 {
 		t.Errorf("/hl: uid %d nlink %d (big was replaced in layer 3, so the link is alone)", e.UID, e.Nlink)
+	}
+	if e, x := got["/hl-lower"], got["/x"]; e.Nid != x.Nid || e.Nlink != 2 || e.SHA256 != sha([]byte("x")) {
+		t.Errorf("/hl-lower %+v, /x %+v: want one inode, two links", e, x)
+	}
+	if e := got["/link600"]; e.Mode&0o777 != 0o777 {
+		t.Errorf("/link600 mode %o, want 0777 as extraction gives", e.Mode)
 	}
 	if e := got["/x"]; e.Xattrs["user.k"] == "" {
 		t.Errorf("/x xattrs %v", e.Xattrs)
