@@ -7,7 +7,7 @@ GO ?= go
 BIN := bin/erofs-blockd
 FUZZTIME ?= 30s
 
-.PHONY: all build static deps vm-deps reference-deps test test-short vet demo fuzz bench bench-remote clean
+.PHONY: all build static deps vm-deps reference-deps test test-short vet demo fuzz bench bench-remote bench-tar clean
 
 all: build
 
@@ -55,6 +55,9 @@ bench-dedup:  # backend bytes / unique bytes for 8 layered images, cache on and 
 
 bench-remote:  # erofs-blockd on oci:// blobs vs nbdkit curl and curl, 0/10 ms RTT via internal/latproxy; env knobs in scripts/bench-remote.sh
 	bash scripts/bench-remote.sh
+
+bench-tar: deps reference-deps  # tar.gz layers: index build vs mkfs.erofs --tar=i --gzinfo, 4 KiB random reads vs nbdkit's gzip filter and the plain tar (scripts/bench-tar.sh)
+	bash scripts/bench-tar.sh
 
 clean:
 	rm -rf bin
