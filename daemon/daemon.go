@@ -39,9 +39,15 @@ import (
 // Spec is one export to serve.
 type Spec struct {
 	Name        string   `json:"name"`
-	Blobs       []string `json:"blobs"` // primary first, then its devices in slot order
+	Blobs       []string `json:"blobs,omitempty"` // primary first, then its devices in slot order
 	Domain      string   `json:"domain,omitempty"`
 	Description string   `json:"description,omitempty"`
+	// Image, instead of Blobs: an image reference (oci://HOST/REPO:TAG or
+	// @sha256:..., oci-layout:DIR[:TAG]) whose layers are merged into an
+	// index and served (image.go); Platform picks from an image index
+	// (os/arch[/variant]; "" this host's).
+	Image    string `json:"image,omitempty"`
+	Platform string `json:"platform,omitempty"`
 }
 
 // ConfigFile is the JSON form of --config.
@@ -82,12 +88,15 @@ func LoadConfig(path string) ([]Spec, error) {
 	return cf.Exports, nil
 }
 
-// CheckSpecs refuses exports without files, empty names of files and a
+// CheckSpecs refuses exports without files (or with an image and files), empty names of files and a
 // name given twice.
 func CheckSpecs(specs []Spec) error {
 	seen := map[string]bool{}
 	for _, x := range specs {
-		if len(x.Blobs) == 0 {
+		switch {
+		case x.Image != "" && len(x.Blobs) > 0:
+			return fmt.Errorf("export %q: an image or blobs, not both", x.Name)
+		case x.Image == "" && len(x.Blobs) == 0:
 			return fmt.Errorf("export %q: no files", x.Name)
 		}
 		for _, b := range x.Blobs {
