@@ -50,6 +50,11 @@ type Layer struct {
 	// DiffID, if set, is the expected sha256 of a tar layer's
 	// uncompressed content ("sha256:HEX"); a mismatch is an error.
 	DiffID string
+	// Digest, if set, is the expected sha256 of a tar layer's bytes as
+	// given (compressed); Raw, if set, receives them in order during the
+	// one pass (e.g. to record per-chunk digests).
+	Digest string
+	Raw    io.Writer
 }
 
 // Options for Plan and Merge.

@@ -150,7 +150,20 @@ func (c *hashCounter) Read(p []byte) (int, error) {
 // scanTar reads a tar layer once and builds its tree.
 func (m *merger) scanTar(i int, l Layer, name string, kind Kind) (*tarLayer, error) {
 	tl := &tarLayer{idx: i, name: name, root: newTdir(), info: LayerInfo{Name: name, Kind: kind}}
-	raw := bufio.NewReaderSize(io.NewSectionReader(l.R, 0, l.Size), 1<<20)
+	var src io.Reader = io.NewSectionReader(l.R, 0, l.Size)
+	var rawHash hash.Hash
+	var tees []io.Writer
+	if l.Raw != nil {
+		tees = append(tees, l.Raw)
+	}
+	if l.Digest != "" {
+		rawHash = sha256.New()
+		tees = append(tees, rawHash)
+	}
+	if len(tees) > 0 {
+		src = io.TeeReader(src, io.MultiWriter(tees...))
+	}
+	raw := bufio.NewReaderSize(src, 1<<20)
 	var dec io.Reader = raw
 	var gz *gzran.Builder
 	var zs *zstdseek.Builder
@@ -184,6 +197,14 @@ func (m *merger) scanTar(i int, l Layer, name string, kind Kind) (*tarLayer, err
 	// also checks the compressed stream's trailer.
 	if _, err := io.Copy(io.Discard, hc); err != nil {
 		return nil, fmt.Errorf("merge: %s: after the end of the archive: %w", name, err)
+	}
+	if _, err := io.Copy(io.Discard, raw); err != nil { // the raw tail, for Raw and Digest
+		return nil, fmt.Errorf("merge: %s: %w", name, err)
+	}
+	if rawHash != nil {
+		if got := "sha256:" + hex.EncodeToString(rawHash.Sum(nil)); got != l.Digest {
+			return nil, fmt.Errorf("merge: %s: content is %s, not its digest %s", name, got, l.Digest)
+		}
 	}
 	tl.info.TarSize = hc.n
 	tl.info.DiffID = "sha256:" + hex.EncodeToString(hc.h.Sum(nil))

@@ -29,6 +29,8 @@ import (
 // blob's identity, else next to a local file (FILE.zinfo + FILE.zinfo.meta,
 // FILE.zstdidx), else only in memory. Kept indexes carry a checksum and the
 // blob's size (and mtime for files); one that does not match is rebuilt.
+// Indexes built or saved are also kept in memory for the Opener's life
+// (by identity), so a blob merged and then served is read once.
 
 // decodePrefixes are the spec prefixes of decoded sources.
 var decodePrefixes = []string{"gzip", "zstd"}
@@ -421,6 +423,7 @@ func (o *Opener) userZinfo(b Blob, path string) (*gzran.Index, error) {
 // SaveGzipIndex keeps ix for the compressed blob b (best effort, logged):
 // FILE.zinfo is plain SOCI zinfo v2, FILE.zinfo.meta what zinfo lacks.
 func (o *Opener) SaveGzipIndex(b Blob, ix *gzran.Index) {
+	o.memIndex.Store("gzip:"+indexStamp(b), ix)
 	p := o.indexPath(b, ".zinfo")
 	if p == "" {
 		return
@@ -440,6 +443,9 @@ func (o *Opener) SaveGzipIndex(b Blob, ix *gzran.Index) {
 }
 
 func (o *Opener) loadGzip(b Blob) *gzran.Index {
+	if ix, ok := o.memIndex.Load("gzip:" + indexStamp(b)); ok {
+		return ix.(*gzran.Index)
+	}
 	p := o.indexPath(b, ".zinfo")
 	if p == "" {
 		return nil
@@ -470,6 +476,7 @@ func (o *Opener) loadGzip(b Blob) *gzran.Index {
 
 // SaveZstdIndex keeps a frame index for the compressed blob b.
 func (o *Opener) SaveZstdIndex(b Blob, ix *zstdseek.Index) {
+	o.memIndex.Store("zstd:"+indexStamp(b), ix)
 	p := o.indexPath(b, ".zstdidx")
 	if p == "" {
 		return
@@ -484,6 +491,9 @@ func (o *Opener) SaveZstdIndex(b Blob, ix *zstdseek.Index) {
 }
 
 func (o *Opener) loadZstd(b Blob) *zstdseek.Index {
+	if ix, ok := o.memIndex.Load("zstd:" + indexStamp(b)); ok {
+		return ix.(*zstdseek.Index)
+	}
 	p := o.indexPath(b, ".zstdidx")
 	if p == "" {
 		return nil

@@ -83,6 +83,7 @@ type remote struct {
 	verifying bool           // a digest check runs (guarded by mu)
 	verified  bool           // the stored chunks passed it (guarded by mu)
 	onDigest  func(name string, err error)
+	sums      *chunkSums // chunk digests known to the Opener
 
 	mu      sync.Mutex
 	chunks  map[int64]*chunkFetch
@@ -536,6 +537,11 @@ func (r *remote) get(start, end int64, fs []*chunkFetch) ([]byte, error) {
 			backoff = min(backoff*2, 5*time.Second)
 		}
 		buf, err := r.attempt(start, end, fs)
+		if err == nil && r.sums != nil {
+			if err = r.sums.check(r.id, r.size, start/r.chunk, buf); err != nil {
+				err = &retryable{err: err} // maybe one bad copy: ask again
+			}
+		}
 		if err == nil {
 			r.bytes.Add(uint64(len(buf)))
 			return buf, nil
@@ -668,7 +674,7 @@ func parseContentRange(s string) (a, b, total int64, err error) {
 // ranges work.
 func (o *Opener) probe(ctx context.Context, req requester, name, id string, h *host) (*remote, error) {
 	r := &remote{name: name, chunk: o.opt.Chunk, req: req, host: h, retries: o.opt.Retries, retryBase: o.opt.RetryBase, stall: o.opt.StallTimeout,
-		obs: o.opt.Observer, keep: o.keep, store: o.opt.Store, onDigest: o.digestChecked, chunks: map[int64]*chunkFetch{}}
+		obs: o.opt.Observer, keep: o.keep, store: o.opt.Store, onDigest: o.digestChecked, chunks: map[int64]*chunkFetch{}, sums: &o.sums}
 	metaKey := "meta:" + name
 	if id != "" {
 		metaKey = "meta:" + id

@@ -15,6 +15,7 @@ import (
 	"net/http"
 	"os"
 	"strings"
+	"sync"
 	"sync/atomic"
 	"syscall"
 	"time"
@@ -123,6 +124,8 @@ type Opener struct {
 	clients map[string]*http.Client // plain HTTP(S) sources by origin; guarded by hosts.mu
 
 	digestOK, digestBad atomic.Uint64
+	sums                chunkSums // chunk digests by identity (chunksums.go)
+	memIndex            sync.Map  // "gzip:"/"zstd:" + identity -> index (decode.go)
 }
 
 // NewOpener returns an Opener. It is safe for concurrent use.
