@@ -17,6 +17,9 @@ type conn struct {
 	nc     net.Conn // raw, or the TLS connection over it
 	br     *bufio.Reader
 	remote string
+	done   chan struct{} // closed when the connection has ended
+
+	attached *Export // guarded by srv.mu: the export being served (RemoveExport)
 
 	dmu       sync.Mutex // guards the fields below and deadline changes
 	stopping  bool

@@ -7,6 +7,7 @@ import (
 	"fmt"
 	"log/slog"
 	"net"
+	"slices"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -17,6 +18,12 @@ import (
 
 // ErrServerClosed is returned by Serve after Shutdown.
 var ErrServerClosed = errors.New("nbd: server closed")
+
+// ErrExportRemoved ends the connections of an export RemoveExport removed.
+var ErrExportRemoved = errors.New("nbd: export removed")
+
+// ErrUnknownExport is returned by RemoveExport for a name not served.
+var ErrUnknownExport = errors.New("nbd: unknown export")
 
 // Export is one named device the server offers.
 type Export struct {
@@ -137,8 +144,9 @@ func NewServer(cfg Config) *Server {
 	return s
 }
 
-// AddExport adds e. The first export added is also the default export,
-// reached with the empty name.
+// AddExport adds e; it may be called while serving. The first export added
+// to a server without a default export becomes the default, reached with
+// the empty name (see RemoveExport).
 func (s *Server) AddExport(e Export) error {
 	if e.Device == nil {
 		return fmt.Errorf("nbd: export %q: nil device", e.Name)
@@ -164,6 +172,73 @@ func (s *Server) AddExport(e Export) error {
 		s.def = &ex
 	}
 	return nil
+}
+
+// RemoveExport removes the export called name while serving: it leaves
+// NBD_OPT_LIST and is unknown to new connections at once. Each of its
+// connections stops reading requests, finishes those it has read (their
+// replies are sent whole) and is closed; clients see a disconnect, never a
+// partial or wrong reply. Other exports' connections are untouched.
+// RemoveExport waits until those connections have ended.
+//
+// If the export was the default one, the server has no default export
+// ("" is unknown) until the next AddExport, whose export becomes the
+// default: a client asking for "" never silently gets another existing
+// export.
+func (s *Server) RemoveExport(name string) error {
+	return s.RemoveExportContext(context.Background(), name)
+}
+
+// RemoveExportContext is RemoveExport, but when ctx ends before the
+// export's connections have finished, they are closed forcibly (what they
+// have not sent is dropped, no reply is cut short by bytes of another) and
+// ctx.Err() is returned. The export is removed either way.
+func (s *Server) RemoveExportContext(ctx context.Context, name string) error {
+	s.mu.Lock()
+	e, ok := s.exports[name]
+	if !ok {
+		s.mu.Unlock()
+		return fmt.Errorf("%w %q", ErrUnknownExport, name)
+	}
+	delete(s.exports, name)
+	s.order = slices.DeleteFunc(s.order, func(n string) bool { return n == name })
+	if s.def == e {
+		s.def = nil
+	}
+	var victims []*conn
+	for c := range s.conns {
+		if c.attached == e {
+			victims = append(victims, c)
+		}
+	}
+	s.mu.Unlock()
+	for _, c := range victims {
+		c.stop(ErrExportRemoved)
+	}
+	for _, c := range victims {
+		select {
+		case <-c.done:
+		case <-ctx.Done():
+			for _, c := range victims {
+				c.raw.Close()
+			}
+			return ctx.Err()
+		}
+	}
+	return nil
+}
+
+// attach binds c to the export it negotiated, unless that export was
+// removed meanwhile (between lookup and now): RemoveExport then finds and
+// ends c, and a removed export is never served.
+func (s *Server) attach(c *conn) bool {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if e, ok := s.exports[c.exp.Name]; !ok || e != c.exp {
+		return false
+	}
+	c.attached = c.exp
+	return true
 }
 
 // lookup resolves an export name; "" is the default export.
@@ -267,7 +342,7 @@ func KernelSize(size int64) int64 {
 }
 
 func (s *Server) serve(ctx context.Context, nc net.Conn, exportName string, kernel bool) (err error) {
-	c := &conn{srv: s, raw: nc, nc: nc, remote: remoteName(nc)}
+	c := &conn{srv: s, raw: nc, nc: nc, remote: remoteName(nc), done: make(chan struct{})}
 	setSendBuffer(nc)
 	if !kernel {
 		c.writeTimeout = s.cfg.WriteTimeout
@@ -289,6 +364,7 @@ func (s *Server) serve(ctx context.Context, nc net.Conn, exportName string, kern
 		nc.Close()
 		s.mu.Lock()
 		delete(s.conns, c)
+		close(c.done)
 		if s.closing && len(s.conns) == 0 && s.idle != nil {
 			close(s.idle)
 			s.idle = nil
@@ -316,6 +392,9 @@ func (s *Server) serve(ctx context.Context, nc net.Conn, exportName string, kern
 			}
 			return herr
 		}
+	}
+	if !s.attach(c) {
+		return fmt.Errorf("nbd: export %q: %w", c.exp.Name, ErrExportRemoved)
 	}
 	return c.transmit()
 }
