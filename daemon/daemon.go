@@ -176,6 +176,8 @@ type Daemon struct {
 	metrics *metrics.Metrics
 	tracer  *Tracer
 	disk    *diskcache.Cache
+	imgOnce sync.Once
+	img     *imageState // image.go
 
 	mu      sync.Mutex
 	pending map[string]*pendingOpen // opened in parallel, not yet taken by open
@@ -256,6 +258,9 @@ func (d *Daemon) Exports() []*Export {
 
 // Close closes every opened source and the trace.
 func (d *Daemon) Close() {
+	if d.img != nil && d.img.tmp != "" {
+		os.RemoveAll(d.img.tmp)
+	}
 	if d.tracer != nil {
 		if err := d.tracer.Close(); err != nil {
 			d.log.Error("--record-trace", "err", err)
@@ -360,6 +365,15 @@ func (d *Daemon) open(spec string) (*opened, error) {
 
 // Add composes one export from its spec and keeps it.
 func (d *Daemon) Add(spec Spec) (*Export, error) {
+	if spec.Image != "" {
+		// Resolving and indexing an image takes network round trips (and
+		// on first use a pass over its layers): not under d.mu.
+		blobs, err := d.imageBlobs(spec)
+		if err != nil {
+			return nil, err
+		}
+		spec.Blobs = blobs
+	}
 	d.mu.Lock()
 	defer d.mu.Unlock()
 	for _, e := range d.exports {

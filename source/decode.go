@@ -304,13 +304,29 @@ func (o *Opener) decodeWhole(b Blob, ix *zstdseek.Index) (*os.File, error) {
 // indexStamp names the blob an index belongs to: its identity and size,
 // and a local file's mtime.
 func indexStamp(b Blob) string {
-	s := fmt.Sprintf("%s size=%d", b.Identity(), b.Size())
+	s := remoteStamp(b.Identity(), b.Size())
 	if f, ok := b.(*File); ok {
 		if st, err := f.Stat(); err == nil {
 			s += fmt.Sprintf(" mtime=%d", st.ModTime().UnixNano())
 		}
 	}
 	return s
+}
+
+func remoteStamp(identity string, size int64) string {
+	return fmt.Sprintf("%s size=%d", identity, size)
+}
+
+// AdoptGzipIndex gives the gzip index of the (remote) blob with this
+// identity and size, e.g. from an image's kept or pushed artifacts: a
+// gzip: source over it then opens without a pass.
+func (o *Opener) AdoptGzipIndex(identity string, size int64, ix *gzran.Index) {
+	o.memIndex.Store("gzip:"+remoteStamp(identity, size), ix)
+}
+
+// AdoptZstdIndex is AdoptGzipIndex for zstd frame indexes.
+func (o *Opener) AdoptZstdIndex(identity string, size int64, ix *zstdseek.Index) {
+	o.memIndex.Store("zstd:"+remoteStamp(identity, size), ix)
 }
 
 // indexPath returns where an index of b with extension ext lives ("" if
