@@ -144,6 +144,7 @@ type Export struct {
 	Flat    *flatdev.Device
 	Dev     blockdev.Device // Flat, or its cached wrapper
 	readers []*blobcache.Reader
+	ofs     []*opened // its sources, released by Remove unless shared (api.go)
 }
 
 // Description is the NBD export description: the spec's, else the
@@ -185,6 +186,7 @@ type Daemon struct {
 	byPath  map[string]*opened
 	order   []*opened
 	exports []*Export
+	live    // exports added and removed while serving (api.go)
 }
 
 type opened struct {
@@ -378,9 +380,15 @@ func (d *Daemon) Add(spec Spec) (*Export, error) {
 	defer d.mu.Unlock()
 	for _, e := range d.exports {
 		if e.Spec.Name == spec.Name {
-			return nil, fmt.Errorf("export %q exists", spec.Name)
+			return nil, fmt.Errorf("%w: export %q exists", ErrExists, spec.Name)
 		}
 	}
+	added, opened0 := false, len(d.order)
+	defer func() {
+		if !added {
+			d.dropFailed(opened0) // what this Add opened and no export uses
+		}
+	}()
 	d.openRemote(spec.Blobs)
 	var ofs []*opened
 	for _, p := range spec.Blobs {
@@ -406,7 +414,7 @@ func (d *Daemon) Add(spec Spec) (*Export, error) {
 	if err != nil {
 		return nil, err
 	}
-	ex := &Export{Spec: spec, Flat: flat, Dev: flat, readers: readers}
+	ex := &Export{Spec: spec, Flat: flat, Dev: flat, readers: readers, ofs: ofs}
 	if readers != nil {
 		if err := d.contentKeys(spec, ofs, readers); err != nil {
 			// Not fatal: the image check reports real problems; the export
@@ -415,23 +423,31 @@ func (d *Daemon) Add(spec Spec) (*Export, error) {
 		}
 		ex.Dev = blobcache.NewDevice(flat, readers)
 	}
+	if err := d.publish(ex); err != nil { // to the running NBD server, if any
+		return nil, err
+	}
 	d.exports = append(d.exports, ex)
+	added = true
 	return ex, nil
 }
 
 // NBDServer returns an NBD server with every export added and the metrics
-// as its observer.
+// as its observer. Exports added (Add) and removed (Remove) later are
+// added to and removed from this server while it serves.
 func (d *Daemon) NBDServer(cfg nbd.Config) (*nbd.Server, error) {
 	cfg.Observer = d.metrics
 	if d.tracer != nil {
 		cfg.Observer = d.tracer
 	}
 	srv := nbd.NewServer(cfg)
-	for _, ex := range d.Exports() {
-		if err := srv.AddExport(nbd.Export{Name: ex.Spec.Name, Description: ex.Description(), Device: ex.Dev, BlockSize: uint32(ex.Flat.Superblock().BlockSize())}); err != nil {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	for _, ex := range d.exports {
+		if err := srv.AddExport(ex.nbdExport()); err != nil {
 			return nil, err
 		}
 	}
+	d.srv = srv
 	return srv, nil
 }
 
