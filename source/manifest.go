@@ -1,0 +1,217 @@
+package source
+
+import (
+	"bytes"
+	"context"
+	"crypto/sha256"
+	"encoding/hex"
+	"fmt"
+	"io"
+	"mime"
+	"net/http"
+	"strings"
+)
+
+// MaxManifest caps a manifest or index body (the distribution spec's
+// recommended limit for registries is 4 MiB).
+const MaxManifest = 4 << 20
+
+// regRequest is one request to a registry's API with the per-registry
+// credentials, tokens and TLS; body (if any) is replayed on the retry
+// after an auth challenge and on redirects.
+type regRequest struct {
+	method, url, scope, where string
+	body                      []byte
+	header                    http.Header
+}
+
+// send issues req, answering one auth challenge. Authorization goes only
+// to the registry's own host (see dropAuthOffHost). The caller closes the
+// body; 401 and 403 after the challenge are turned into errors here.
+func (r *registry) send(ctx context.Context, q regRequest) (*http.Response, error) {
+	for attempt := 0; attempt < 2; attempt++ {
+		auth, err := r.authorization(ctx, q.scope, q.where)
+		if err != nil {
+			return nil, err
+		}
+		var rd io.Reader
+		if q.body != nil {
+			rd = bytes.NewReader(q.body)
+		}
+		req, err := http.NewRequestWithContext(ctx, q.method, q.url, rd)
+		if err != nil {
+			return nil, fmt.Errorf("%s: %v", q.where, err)
+		}
+		if q.body != nil {
+			body := q.body
+			req.GetBody = func() (io.ReadCloser, error) { return io.NopCloser(bytes.NewReader(body)), nil }
+			req.ContentLength = int64(len(body))
+		}
+		for k, v := range q.header {
+			req.Header[k] = v
+		}
+		if auth != "" && req.URL.Host == r.hostport {
+			req.Header.Set("Authorization", auth)
+		}
+		resp, err := r.client.Do(req)
+		if err != nil {
+			return nil, fmt.Errorf("%s: %v", q.where, scrub(err))
+		}
+		if resp.StatusCode == http.StatusUnauthorized && attempt == 0 {
+			ch := resp.Header.Get("WWW-Authenticate")
+			drain(resp)
+			if err := r.challenge(ctx, ch, q.scope, q.where, auth); err != nil {
+				return nil, err
+			}
+			continue
+		}
+		if resp.StatusCode == http.StatusUnauthorized || resp.StatusCode == http.StatusForbidden {
+			drain(resp)
+			return nil, fmt.Errorf("%s: %s (check the credentials in the auth file)", q.where, resp.Status)
+		}
+		return resp, nil
+	}
+	return nil, fmt.Errorf("%s: authentication loop", q.where)
+}
+
+func drain(resp *http.Response) {
+	io.Copy(io.Discard, io.LimitReader(resp.Body, 1<<16))
+	resp.Body.Close()
+}
+
+// readCapped reads at most max bytes of the body; more is an error.
+func readCapped(resp *http.Response, max int64, where string) ([]byte, error) {
+	defer resp.Body.Close()
+	if resp.ContentLength > max {
+		return nil, fmt.Errorf("%s: body of %d bytes exceeds the limit of %d", where, resp.ContentLength, max)
+	}
+	b, err := io.ReadAll(io.LimitReader(resp.Body, max+1))
+	if err != nil {
+		return nil, fmt.Errorf("%s: reading the body: %v", where, scrub(err))
+	}
+	if int64(len(b)) > max {
+		return nil, fmt.Errorf("%s: body exceeds the limit of %d bytes", where, max)
+	}
+	return b, nil
+}
+
+// Digest is the sha256 digest of b, sha256:HEX.
+func Digest(b []byte) string {
+	s := sha256.Sum256(b)
+	return "sha256:" + hex.EncodeToString(s[:])
+}
+
+// IsDigest reports whether s is sha256:64 lower-case hex.
+func IsDigest(s string) bool { return digestRE.MatchString(s) }
+
+// IsRepository reports whether s is a valid repository name.
+func IsRepository(s string) bool { return repoRE.MatchString(s) }
+
+// statusText is a short, credential-free description of an error answer:
+// the status and the first error code of a distribution error body.
+func statusText(resp *http.Response) string {
+	b, _ := io.ReadAll(io.LimitReader(resp.Body, 4096))
+	s := resp.Status
+	if i := bytes.Index(b, []byte(`"code":"`)); i >= 0 {
+		rest := b[i+8:]
+		if j := bytes.IndexByte(rest, '"'); j > 0 && j < 64 {
+			s += " (" + string(rest[:j]) + ")"
+		}
+	}
+	return s
+}
+
+func (o *Opener) registryFor(host, repo string) (*registry, error) {
+	if host == "" || strings.ContainsAny(host, "/@ ") {
+		return nil, fmt.Errorf("bad registry host %q", host)
+	}
+	if !repoRE.MatchString(repo) {
+		return nil, fmt.Errorf("registry %s: bad repository name %q", host, repo)
+	}
+	return o.registry(host)
+}
+
+// FetchManifest GETs /v2/REPO/manifests/REF (a tag or a sha256 digest)
+// with accept as the Accept header and returns the media type the
+// registry gave (Content-Type without parameters), the body (at most
+// MaxManifest bytes) and its digest. A digest ref must equal sha256 of the
+// body; for a tag, the Docker-Content-Digest header (when present) must.
+func (o *Opener) FetchManifest(ctx context.Context, host, repo, ref string, accept []string) (mediaType string, body []byte, digest string, err error) {
+	where := fmt.Sprintf("registry %s repository %s manifest %s", host, repo, ref)
+	reg, err := o.registryFor(host, repo)
+	if err != nil {
+		return "", nil, "", err
+	}
+	if ref == "" || len(ref) > 256 || strings.ContainsAny(ref, "/?# ") {
+		return "", nil, "", fmt.Errorf("%s: bad tag or digest", where)
+	}
+	h := http.Header{}
+	if len(accept) > 0 {
+		h.Set("Accept", strings.Join(accept, ", "))
+	}
+	resp, err := reg.send(ctx, regRequest{method: http.MethodGet, scope: "repository:" + repo + ":pull", where: where, header: h,
+		url: fmt.Sprintf("%s://%s/v2/%s/manifests/%s", reg.scheme, host, repo, ref)})
+	if err != nil {
+		return "", nil, "", err
+	}
+	if resp.StatusCode != http.StatusOK {
+		defer resp.Body.Close()
+		if resp.StatusCode == http.StatusNotFound {
+			return "", nil, "", fmt.Errorf("%s: %s: no such manifest in this repository", where, statusText(resp))
+		}
+		return "", nil, "", fmt.Errorf("%s: %s", where, statusText(resp))
+	}
+	body, err = readCapped(resp, MaxManifest, where)
+	if err != nil {
+		return "", nil, "", err
+	}
+	digest = Digest(body)
+	if digestRE.MatchString(ref) {
+		if digest != ref {
+			return "", nil, "", fmt.Errorf("%s: the body's digest is %s: the registry sent another manifest", where, digest)
+		}
+	} else if dcd := resp.Header.Get("Docker-Content-Digest"); dcd != "" && dcd != digest {
+		if len(dcd) > 100 {
+			dcd = dcd[:100] + "..."
+		}
+		return "", nil, "", fmt.Errorf("%s: Docker-Content-Digest %q does not match the body's digest %s", where, dcd, digest)
+	}
+	mediaType = resp.Header.Get("Content-Type")
+	if mt, _, err := mime.ParseMediaType(mediaType); err == nil {
+		mediaType = mt
+	}
+	return mediaType, body, digest, nil
+}
+
+// FetchBlob GETs a small blob (a config) whole: at most max bytes, its
+// sha256 checked against digest.
+func (o *Opener) FetchBlob(ctx context.Context, host, repo, digest string, max int64) ([]byte, error) {
+	where := fmt.Sprintf("registry %s repository %s blob %s", host, repo, digest)
+	reg, err := o.registryFor(host, repo)
+	if err != nil {
+		return nil, err
+	}
+	if !digestRE.MatchString(digest) {
+		return nil, fmt.Errorf("%s: bad digest (want sha256:64 hex)", where)
+	}
+	resp, err := reg.send(ctx, regRequest{method: http.MethodGet, scope: "repository:" + repo + ":pull", where: where,
+		url: fmt.Sprintf("%s://%s/v2/%s/blobs/%s", reg.scheme, host, repo, digest)})
+	if err != nil {
+		return nil, err
+	}
+	if resp.StatusCode != http.StatusOK {
+		defer resp.Body.Close()
+		if resp.StatusCode == http.StatusNotFound {
+			return nil, fmt.Errorf("%s: %s: no such blob in this repository", where, statusText(resp))
+		}
+		return nil, fmt.Errorf("%s: %s", where, statusText(resp))
+	}
+	b, err := readCapped(resp, max, where)
+	if err != nil {
+		return nil, err
+	}
+	if got := Digest(b); got != digest {
+		return nil, fmt.Errorf("%s: the body's digest is %s (corrupt or wrong blob)", where, got)
+	}
+	return b, nil
+}
