@@ -92,7 +92,7 @@ func (d *Daemon) publish(ex *Export) error {
 	if err := d.srv.AddExport(ex.nbdExport()); err != nil {
 		if strings.Contains(err.Error(), "already exists") {
 			// Still finishing its removal (Remove has not returned).
-			return fmt.Errorf("%w: export %q is being removed", ErrExists, ex.Spec.Name)
+			return fmt.Errorf("export %q: %w (its removal is finishing)", ex.Spec.Name, ErrExists)
 		}
 		return err
 	}
@@ -310,8 +310,12 @@ func (d *Daemon) APIHandler() http.Handler {
 				w.Header().Set("Allow", "GET, HEAD, POST")
 				apiFail(w, http.StatusMethodNotAllowed, "method "+r.Method+" not allowed on /v1/exports")
 			}
-		case strings.HasPrefix(r.URL.Path, "/v1/exports/") && !strings.Contains(r.URL.Path[len("/v1/exports/"):], "/"):
-			name := r.URL.Path[len("/v1/exports/"):]
+		case strings.HasPrefix(r.URL.EscapedPath(), "/v1/exports/") && !strings.Contains(r.URL.EscapedPath()[len("/v1/exports/"):], "/"):
+			name, err := url.PathUnescape(r.URL.EscapedPath()[len("/v1/exports/"):])
+			if err != nil {
+				apiFail(w, http.StatusBadRequest, "export name in the path: "+err.Error())
+				return
+			}
 			switch r.Method {
 			case http.MethodGet, http.MethodHead:
 				for _, ex := range d.Exports() {

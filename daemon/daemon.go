@@ -380,7 +380,7 @@ func (d *Daemon) Add(spec Spec) (*Export, error) {
 	defer d.mu.Unlock()
 	for _, e := range d.exports {
 		if e.Spec.Name == spec.Name {
-			return nil, fmt.Errorf("%w: export %q exists", ErrExists, spec.Name)
+			return nil, fmt.Errorf("export %q: %w", spec.Name, ErrExists)
 		}
 	}
 	added, opened0 := false, len(d.order)

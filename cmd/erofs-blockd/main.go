@@ -1,6 +1,7 @@
 // Command erofs-blockd composes an EROFS primary image and its blob devices
 // into one flat block device and serves it over NBD or attaches it to the
-// kernel. Subcommands: serve, compose, inspect, verify, ls, version.
+// kernel. Subcommands: serve, compose, inspect, verify, ls, merge, export,
+// version.
 package main
 
 import (
@@ -34,6 +35,7 @@ func commands() []command {
 		{"verify", "[flags] [IMAGE]", "check every structure and block reference (exit 0 clean, 1 problems, 2 unusable)", runVerify},
 		{"ls", "[flags] [IMAGE] [PATH]", "list files with type, mode, size, target and digest", runLs},
 		{"merge", "[flags] -o INDEX LAYER...", "write a metadata-only EROFS index merging layers: EROFS images, tar, tar+gzip, tar+zstd (later layers win)", runMerge},
+		{"export", "add|ls|rm [flags]", "add, list and remove the exports of a running serve --api", runExport},
 		{"version", "", "print the version", runVersion},
 	}
 }

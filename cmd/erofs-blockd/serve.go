@@ -5,15 +5,20 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"log/slog"
 	"net"
+	"net/http"
 	"os"
 	"os/signal"
 	"runtime/pprof"
+	"strconv"
 	"strings"
 	"sync"
 	"syscall"
 	"time"
 
+	"github.com/erofs-blockd/erofs-blockd/daemon"
+	"github.com/erofs-blockd/erofs-blockd/flatdev"
 	"github.com/erofs-blockd/erofs-blockd/nbd"
 	"github.com/erofs-blockd/erofs-blockd/nbd/kernel"
 	"github.com/erofs-blockd/erofs-blockd/source"
@@ -29,6 +34,10 @@ func runServe(args []string, stdout, stderr io.Writer) int {
 	cf.register(fs)
 	listens := fs.StringArray("listen", nil, "serve NBD on `ADDR`: unix:PATH or tcp:HOST:PORT (repeatable)")
 	name := fs.String("name", "", "export name (clients may also use the empty default name)")
+	imageRef := fs.String("image", "", "serve the image `REF` (oci://HOST/REPO:TAG or @sha256:..., oci-layout:DIR[:TAG]) as the export named by --name, instead of --blob")
+	platform := fs.String("platform", "", "with --image, the platform to pick from an image index: `OS/ARCH[/VARIANT]` (default: this host's)")
+	apiListen := fs.String("api", "", "serve the control API (erofs-blockd export add|ls|rm) on `unix:PATH`; serve may then start with no export")
+	apiMode := fs.String("api-mode", "0600", "permission bits of the --api socket (octal); whoever can connect can make the daemon open any file it can read")
 	check := fs.String("check", "quick", "image check before serving: quick (superblock, device table, root directory), full (the whole verify walk), off")
 	conns := fs.Int("connections", 0, "kernel sockets for /dev/nbdX (default: number of CPUs, at most 16)")
 	blockSize := fs.Uint32("block-size", 0, "logical block size for /dev/nbdX (default: the image's block size)")
@@ -44,9 +53,35 @@ func runServe(args []string, stdout, stderr io.Writer) int {
 	sec.register(fs)
 	ef.register(fs)
 	uf := registerUblkFlags(fs)
+	flagUsage := fs.Usage
+	fs.Usage = func() { flagUsage(); fmt.Fprint(stderr, activationHelp) }
 	if code, ok := parse(fs, args); !ok {
 		return code
 	}
+	activated, err := activatedListeners()
+	if err != nil {
+		fmt.Fprintln(stderr, "erofs-blockd serve:", err)
+		return exitUnusable
+	}
+	var apiL net.Listener
+	var nbdActivated []net.Listener
+	for _, a := range activated {
+		switch {
+		case a.name == "api" && apiL == nil && *apiListen == "":
+			apiL = a.l
+		case a.name == "api":
+			fmt.Fprintln(stderr, "erofs-blockd serve: socket activation: more than one API socket (an \"api\" socket and --api, or two \"api\" sockets)")
+			return exitUnusable
+		default:
+			nbdActivated = append(nbdActivated, a.l)
+		}
+	}
+	defer func() {
+		for _, a := range activated {
+			a.l.Close() // those not handed on (each Close is harmless twice)
+		}
+	}()
+	withAPI := apiL != nil || *apiListen != ""
 	log := newLogger(stderr, *logLevel)
 	if *cpuProfile != "" {
 		f, err := os.Create(*cpuProfile)
@@ -74,16 +109,32 @@ func runServe(args []string, stdout, stderr io.Writer) int {
 		pos = append(pos, a)
 	}
 	var paths []string
-	var err error
-	if len(pos) > 0 || len(img.blobs) > 0 || (len(ef.exports) == 0 && ef.config == "") {
+	if *imageRef != "" && (len(pos) > 0 || len(img.blobs) > 0) {
+		fmt.Fprintln(stderr, "erofs-blockd serve: --image or --blob/IMAGE, not both")
+		return exitUnusable
+	}
+	if *platform != "" && *imageRef == "" {
+		fmt.Fprintln(stderr, "erofs-blockd serve: --platform needs --image")
+		return exitUnusable
+	}
+	if len(pos) > 0 || len(img.blobs) > 0 || (len(ef.exports) == 0 && ef.config == "" && *imageRef == "" && !withAPI) {
 		paths, err = img.resolve(pos)
 	}
 	if err != nil {
 		fmt.Fprintln(stderr, "erofs-blockd serve:", err)
 		return exitUnusable
 	}
-	if len(*listens) == 0 && device == "" && !uf.enabled() {
-		fmt.Fprintln(stderr, "erofs-blockd serve: nothing to serve on: give --listen unix:PATH / tcp:HOST:PORT and/or a /dev/nbdX device and/or --ublk")
+	if len(*listens) == 0 && len(nbdActivated) == 0 && device == "" && !uf.enabled() {
+		fmt.Fprintln(stderr, "erofs-blockd serve: nothing to serve on: give --listen unix:PATH / tcp:HOST:PORT (or activated sockets) and/or a /dev/nbdX device and/or --ublk")
+		return exitUnusable
+	}
+	apiSockMode, err := strconv.ParseUint(*apiMode, 8, 32)
+	if err != nil || apiSockMode&^0o777 != 0 || apiSockMode&0o600 != 0o600 {
+		fmt.Fprintf(stderr, "erofs-blockd serve: --api-mode %q: want octal permission bits with owner read and write, such as 0600 or 0660\n", *apiMode)
+		return exitUnusable
+	}
+	if *apiListen != "" && !strings.HasPrefix(*apiListen, "unix:") {
+		fmt.Fprintf(stderr, "erofs-blockd serve: --api %q: want unix:PATH (the API has no authentication of its own)\n", *apiListen)
 		return exitUnusable
 	}
 	maxReq, err := parseSize(*maxRequest)
@@ -102,6 +153,13 @@ func runServe(args []string, stdout, stderr io.Writer) int {
 	// paths and *name are the first export's: the default export and the
 	// one attached to /dev/nbdX.
 	specs, err := ef.specs(paths, *name)
+	if err == nil && *imageRef != "" {
+		specs = append([]daemon.Spec{{Name: *name, Image: *imageRef, Platform: *platform, Domain: ef.domain}}, specs...)
+		err = daemon.CheckSpecs(specs)
+	}
+	if err == nil && len(specs) == 0 && (device != "" || uf.enabled()) {
+		err = errors.New("a /dev/nbdX or ublk device needs an export at start (--blob, --image, --export or --config)")
+	}
 	if err != nil {
 		fmt.Fprintln(stderr, "erofs-blockd serve:", err)
 		return exitUnusable
@@ -126,8 +184,15 @@ func runServe(args []string, stdout, stderr io.Writer) int {
 		}
 	}
 	exports := dmn.Exports()
-	dev, paths := exports[0].Flat, exports[0].Spec.Blobs
-	*name = exports[0].Spec.Name
+	var dev *flatdev.Device
+	if len(exports) > 0 {
+		dev, paths = exports[0].Flat, exports[0].Spec.Blobs
+		*name = exports[0].Spec.Name
+		if device != "" || uf.enabled() {
+			dmn.Pin(*name, "attached to a kernel device")
+		}
+	}
+	dmn.SetCheck(func(ex *daemon.Export) error { return checkImage(ex.Flat, *check) })
 
 	ncfg := nbd.Config{
 		MaxRequest:     uint32(maxReq),
@@ -147,9 +212,21 @@ func runServe(args []string, stdout, stderr io.Writer) int {
 
 	var wg sync.WaitGroup
 	var listeners []net.Listener
-	serveErr := make(chan error, len(*listens)+1)
-	for _, spec := range *listens {
-		l, uri, err := sec.listen(spec)
+	stopAPI := func() {}
+	serveErr := make(chan error, len(*listens)+len(nbdActivated)+2)
+	nbdListen := append([]string(nil), *listens...)
+	for range nbdActivated {
+		nbdListen = append(nbdListen, "")
+	}
+	for i, spec := range nbdListen {
+		var l net.Listener
+		var uri string
+		var err error
+		if i < len(*listens) {
+			l, uri, err = sec.listen(spec)
+		} else {
+			l, uri, err = activatedNBD(&sec, nbdActivated[i-len(*listens)])
+		}
 		if err != nil {
 			fmt.Fprintln(stderr, "erofs-blockd serve:", err)
 			for _, l := range listeners {
@@ -158,6 +235,9 @@ func runServe(args []string, stdout, stderr io.Writer) int {
 			return exitUnusable
 		}
 		listeners = append(listeners, l)
+		if len(exports) == 0 {
+			fmt.Fprintf(stdout, "listening %s (no exports yet: add them through the API)\n", uri)
+		}
 		for _, ex := range exports {
 			u := uri
 			if ex.Spec.Name != "" {
@@ -183,6 +263,38 @@ func runServe(args []string, stdout, stderr io.Writer) int {
 		}
 		defer stopMetrics()
 		fmt.Fprintf(stdout, "metrics http://%s/metrics\n", addr)
+	}
+
+	if *apiListen != "" {
+		apiL, _, err = nbd.ListenWith(*apiListen, nbd.ListenOptions{SocketMode: os.FileMode(apiSockMode)})
+		if err != nil {
+			fmt.Fprintln(stderr, "erofs-blockd serve: --api:", strings.TrimPrefix(err.Error(), "nbd: "))
+			shutdown(srv, listeners, nil, log)
+			return exitUnusable
+		}
+	}
+	if apiL != nil {
+		hs := dmn.APIServer()
+		hs.ErrorLog = slog.NewLogLogger(log.Handler(), slog.LevelDebug)
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			if err := hs.Serve(apiL); err != nil && !errors.Is(err, http.ErrServerClosed) {
+				serveErr <- fmt.Errorf("api: %w", err)
+			}
+		}()
+		// Stopped before the NBD server: no export comes or goes while it
+		// stops.
+		stopAPI = sync.OnceFunc(func() {
+			ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+			defer cancel()
+			if err := hs.Shutdown(ctx); err != nil {
+				hs.Close()
+			}
+		})
+		defer stopAPI()
+		_, apiAddr := listenerURI(apiL)
+		fmt.Fprintf(stdout, "api %s\n", apiAddr)
 	}
 
 	ef.startPrefetch(ctx, dmn, log)
@@ -222,10 +334,12 @@ func runServe(args []string, stdout, stderr io.Writer) int {
 		fmt.Fprintf(stdout, "%s %s (%d bytes, %d connections, read-only)\n", sec.attachVerb(), kdev.Path(), dev.Size(), n)
 	}
 
-	if err := uf.attach(exports[0].Dev, *blockSize, uint32(dev.Superblock().BlockSize()), stdout, log); err != nil {
-		fmt.Fprintln(stderr, "erofs-blockd serve:", err)
-		shutdown(srv, listeners, kdev, log)
-		return exitUnusable
+	if uf.enabled() { // (exports[0] exists then)
+		if err := uf.attach(exports[0].Dev, *blockSize, uint32(dev.Superblock().BlockSize()), stdout, log); err != nil {
+			fmt.Fprintln(stderr, "erofs-blockd serve:", err)
+			shutdown(srv, listeners, kdev, log)
+			return exitUnusable
+		}
 	}
 
 	code := exitOK
@@ -237,6 +351,7 @@ func runServe(args []string, stdout, stderr io.Writer) int {
 		code = exitUnusable
 	}
 	stop()
+	stopAPI()
 	if err := uf.close(log); err != nil {
 		code = exitUnusable
 	}
