@@ -5,6 +5,7 @@ import (
 	"context"
 	"crypto/sha256"
 	"encoding/hex"
+	"errors"
 	"fmt"
 	"io"
 	"mime"
@@ -15,6 +16,15 @@ import (
 // MaxManifest caps a manifest or index body (the distribution spec's
 // recommended limit for registries is 4 MiB).
 const MaxManifest = 4 << 20
+
+// ErrNotFound is matched (errors.Is) by the errors of FetchManifest and
+// FetchBlob for a 404: no such tag, manifest or blob in the repository.
+var ErrNotFound = errors.New("not found")
+
+type notFound struct{ msg string }
+
+func (e *notFound) Error() string        { return e.msg }
+func (e *notFound) Is(target error) bool { return target == ErrNotFound }
 
 // regRequest is one request to a registry's API with the per-registry
 // credentials, tokens and TLS; body (if any) is replayed on the retry
@@ -157,7 +167,7 @@ func (o *Opener) FetchManifest(ctx context.Context, host, repo, ref string, acce
 	if resp.StatusCode != http.StatusOK {
 		defer resp.Body.Close()
 		if resp.StatusCode == http.StatusNotFound {
-			return "", nil, "", fmt.Errorf("%s: %s: no such manifest in this repository", where, statusText(resp))
+			return "", nil, "", &notFound{fmt.Sprintf("%s: %s: no such manifest in this repository", where, statusText(resp))}
 		}
 		return "", nil, "", fmt.Errorf("%s: %s", where, statusText(resp))
 	}
@@ -202,7 +212,7 @@ func (o *Opener) FetchBlob(ctx context.Context, host, repo, digest string, max i
 	if resp.StatusCode != http.StatusOK {
 		defer resp.Body.Close()
 		if resp.StatusCode == http.StatusNotFound {
-			return nil, fmt.Errorf("%s: %s: no such blob in this repository", where, statusText(resp))
+			return nil, &notFound{fmt.Sprintf("%s: %s: no such blob in this repository", where, statusText(resp))}
 		}
 		return nil, fmt.Errorf("%s: %s", where, statusText(resp))
 	}
