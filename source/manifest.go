@@ -76,8 +76,9 @@ func (r *registry) send(ctx context.Context, q regRequest) (*http.Response, erro
 			continue
 		}
 		if resp.StatusCode == http.StatusUnauthorized || resp.StatusCode == http.StatusForbidden {
-			drain(resp)
-			return nil, fmt.Errorf("%s: %s (check the credentials in the auth file)", q.where, resp.Status)
+			st := statusText(resp)
+			resp.Body.Close()
+			return nil, fmt.Errorf("%s: %s: check the credentials in the auth file (scope %s)", q.where, st, q.scope)
 		}
 		return resp, nil
 	}
