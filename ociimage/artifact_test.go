@@ -340,4 +340,11 @@ func TestReferrersAPI(t *testing.T) {
 	if as, err := r.FindArtifacts(ctx, img, "application/vnd.other"); len(as) != 0 || err != nil {
 		t.Errorf("other type: %d %v", len(as), err)
 	}
+	// A registry serving another config under the config's digest.
+	fr.mu.Lock()
+	fr.blobs[m.Config.Digest] = []byte(strings.Replace(string(fr.blobs[m.Config.Digest]), "arm64", "amd64", 1))
+	fr.mu.Unlock()
+	if _, err := r.Resolve(ctx, "oci://"+host+"/a/b:v1", "linux/arm64"); err == nil || !strings.Contains(err.Error(), "corrupt or wrong blob") {
+		t.Errorf("tampered config: %v", err)
+	}
 }

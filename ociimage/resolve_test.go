@@ -302,6 +302,10 @@ func TestLayoutRefusals(t *testing.T) {
 	l.idx = nil
 	l.tag("t", l.blob(MediaTypeManifest, mustJSON(t, map[string]any{"schemaVersion": 2, "config": cfg, "layers": []Descriptor{ld}})))
 	refused(dir, `no rootfs of type "layers"`)
+	// A config claiming to be huge is refused before it is read.
+	l.idx = nil
+	l.tag("t", l.blob(MediaTypeManifest, mustJSON(t, map[string]any{"schemaVersion": 2, "config": Descriptor{MediaType: MediaTypeConfig, Digest: cfg.Digest, Size: 1 << 40}, "layers": []Descriptor{ld}})))
+	refused(dir, "more than the limit")
 	// Schema 1.
 	l.idx = nil
 	l.tag("t", l.blob("", []byte(`{"schemaVersion":1,"name":"x","tag":"t","fsLayers":[]}`)))
