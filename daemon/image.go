@@ -1,14 +1,488 @@
 package daemon
 
 import (
+	"bytes"
+	"context"
+	"crypto/sha256"
+	"encoding/hex"
+	"encoding/json"
 	"errors"
+	"fmt"
+
 	"os"
+	"path/filepath"
+	"strings"
+	"sync"
+
+	"github.com/erofs-blockd/erofs-blockd/gzran"
+	"github.com/erofs-blockd/erofs-blockd/merge"
+	"github.com/erofs-blockd/erofs-blockd/ociimage"
+	"github.com/erofs-blockd/erofs-blockd/source"
+	"github.com/erofs-blockd/erofs-blockd/zstdseek"
 )
 
-// imageState is the daemon's image machinery (being written).
-type imageState struct{ tmp string }
+// Exports from image references. An image's "index artifacts" are what
+// serving it needs besides its layers: the merged metadata-only EROFS
+// index, each compressed layer's random-access index (gzip checkpoints /
+// zstd frames) and the sha256 of every fetch chunk of every layer, all
+// made by streaming each layer once (merge), from bytes whose layer
+// digest and diffID were checked on the way. They are kept under the
+// cache dir (images/<manifest hex>/, or a private temporary dir without
+// --cache-dir) so a restart or a second export of the image reads no
+// layer, and can be pushed to the registry as an OCI artifact whose
+// subject is the image manifest (erofs-blockd index --push), where serve
+// looks first. Every chunk fetched for an image is then checked against
+// its digest: wrong bytes from a registry, mirror or CDN are an error
+// (EIO), never data.
 
+// ArtifactType is the OCI artifactType of pushed index artifacts.
+const ArtifactType = "application/vnd.erofs-blockd.index.v1"
+
+// artifactFile is the manifest of an artifact directory.
+const artifactFile = "artifact.json"
+
+// artifact describes a kept (or pushed) set of index artifacts.
+type Artifact struct {
+	Version  int             `json:"version"`
+	Manifest string          `json:"manifest"` // the image manifest digest
+	Chunk    int64           `json:"chunk"`    // fetch chunk of the sums
+	Index    string          `json:"index"`    // file name of the merged index
+	Layers   []artifactLayer `json:"layers"`
+	// Files maps every other file's name to its sha256 (hex).
+	Files map[string]string `json:"files"`
+}
+
+type artifactLayer struct {
+	Digest string `json:"digest"`
+	Size   int64  `json:"size"`
+	Kind   string `json:"kind"`
+	DiffID string `json:"diff_id,omitempty"`
+	Sums   string `json:"sums,omitempty"`  // chunk digests file
+	Zinfo  string `json:"zinfo,omitempty"` // gzip: SOCI zinfo v2
+	Gzmeta string `json:"gzmeta,omitempty"`
+	Zstd   string `json:"zstd,omitempty"` // zstd frame index
+}
+
+// imageState is the daemon's image machinery, made on first use.
+type imageState struct {
+	mu       sync.Mutex // one build per image at a time
+	resolver *ociimage.Resolver
+	tmp      string // artifacts without --cache-dir
+}
+
+func (d *Daemon) images() *imageState {
+	d.imgOnce.Do(func() {
+		d.img = &imageState{resolver: ociimage.NewResolver(d.op)}
+	})
+	return d.img
+}
+
+// Resolver returns the daemon's image resolver (shared auth and clients).
+func (d *Daemon) Resolver() *ociimage.Resolver { return d.images().resolver }
+
+// imageDir is where an image's artifacts live.
+func (d *Daemon) imageDir(manifest string) (string, error) {
+	hexd := strings.TrimPrefix(manifest, "sha256:")
+	if d.cfg.CacheDir != "" {
+		return filepath.Join(d.cfg.CacheDir, "images", hexd), nil
+	}
+	st := d.images()
+	if st.tmp == "" {
+		t, err := os.MkdirTemp("", "erofs-blockd-images-")
+		if err != nil {
+			return "", err
+		}
+		st.tmp = t
+	}
+	return filepath.Join(st.tmp, hexd), nil
+}
+
+// layerSpec is the blob spec an image layer is served through.
+func layerSpec(l ociimage.Layer) string {
+	switch l.Kind {
+	case "tar+gzip":
+		return "gzip:" + l.Spec
+	case "tar+zstd", "erofs+zstd":
+		return "zstd:" + l.Spec
+	}
+	return l.Spec
+}
+
+// imageBlobs resolves spec.Image and returns the export's blob list:
+// the merged index, then every layer as the blob its device serves.
 func (d *Daemon) imageBlobs(spec Spec) ([]string, error) {
-	_ = os.Getpid
-	return nil, errors.New("export " + spec.Name + ": images are not supported yet")
+	ctx := context.Background()
+	st := d.images()
+	img, err := st.resolver.Resolve(ctx, spec.Image, spec.Platform)
+	if err != nil {
+		return nil, fmt.Errorf("export %q: %w", spec.Name, err)
+	}
+	for _, l := range img.Layers {
+		if source.IsRemote(l.Spec) {
+			d.op.KnowSize(l.Digest, l.Size)
+		}
+	}
+	art, dir, err := d.ImageArtifacts(ctx, img, true)
+	if err != nil {
+		return nil, fmt.Errorf("export %q: image %s: %w", spec.Name, spec.Image, err)
+	}
+	blobs := []string{filepath.Join(dir, art.Index)}
+	for _, l := range img.Layers {
+		blobs = append(blobs, layerSpec(l))
+	}
+	return blobs, nil
+}
+
+// ImageArtifacts returns an image's index artifacts, from the cache dir,
+// else (lookPushed) from the registry, else built by streaming each layer
+// once; they are adopted (chunk digests and decode indexes handed to the
+// source opener) and kept.
+func (d *Daemon) ImageArtifacts(ctx context.Context, img *ociimage.Image, lookPushed bool) (*Artifact, string, error) {
+	st := d.images()
+	st.mu.Lock()
+	defer st.mu.Unlock()
+	dir, err := d.imageDir(img.ManifestDigest)
+	if err != nil {
+		return nil, "", err
+	}
+	art, err := readArtifact(dir, img)
+	if err != nil {
+		d.log.Warn("kept image index unusable; making it again", "image", img.Ref.String(), "err", err)
+	}
+	if art == nil && lookPushed {
+		if art, err = d.fetchPushed(ctx, img, dir); err != nil {
+			d.log.Warn("pushed image index unusable; building one", "image", img.Ref.String(), "err", err)
+		} else if art != nil {
+			d.log.Info("using the pushed image index", "image", img.Ref.String())
+		}
+	}
+	if art == nil {
+		if art, err = d.buildArtifact(ctx, img, dir); err != nil {
+			return nil, "", err
+		}
+	}
+	if err := d.adopt(art, dir, img); err != nil {
+		return nil, "", err
+	}
+	return art, dir, nil
+}
+
+// readArtifact loads a kept artifact directory, checking every file.
+func readArtifact(dir string, img *ociimage.Image) (*Artifact, error) {
+	b, err := os.ReadFile(filepath.Join(dir, artifactFile))
+	if errors.Is(err, os.ErrNotExist) {
+		return nil, nil
+	}
+	if err != nil {
+		return nil, err
+	}
+	var a Artifact
+	if err := json.Unmarshal(b, &a); err != nil {
+		return nil, fmt.Errorf("%s: %w", artifactFile, err)
+	}
+	if err := a.check(img); err != nil {
+		return nil, err
+	}
+	for name, sum := range a.Files {
+		data, err := os.ReadFile(filepath.Join(dir, name))
+		if err != nil {
+			return nil, err
+		}
+		if h := sha256.Sum256(data); hex.EncodeToString(h[:]) != sum {
+			return nil, fmt.Errorf("%s: checksum mismatch", name)
+		}
+	}
+	return &a, nil
+}
+
+// check: the artifact belongs to img and names only its own files.
+func (a *Artifact) check(img *ociimage.Image) error {
+	if a.Version != 1 || a.Manifest != img.ManifestDigest || len(a.Layers) != len(img.Layers) {
+		return fmt.Errorf("artifact for manifest %s (%d layers, version %d), image is %s (%d layers)", a.Manifest, len(a.Layers), a.Version, img.ManifestDigest, len(img.Layers))
+	}
+	if _, ok := a.Files[a.Index]; !ok {
+		return errors.New("artifact without its index file")
+	}
+	for name := range a.Files {
+		if name == "" || name != filepath.Base(name) || strings.HasPrefix(name, ".") || name == artifactFile {
+			return fmt.Errorf("artifact file name %q", name)
+		}
+	}
+	for i, l := range a.Layers {
+		il := img.Layers[i]
+		if l.Digest != il.Digest || l.Size != il.Size || l.Kind != il.Kind {
+			return fmt.Errorf("layer %d: artifact has %s (%s, %d bytes), image %s (%s, %d bytes)", i+1, l.Digest, l.Kind, l.Size, il.Digest, il.Kind, il.Size)
+		}
+		for _, f := range []string{l.Sums, l.Zinfo, l.Gzmeta, l.Zstd} {
+			if _, ok := a.Files[f]; f != "" && !ok {
+				return fmt.Errorf("layer %d: file %q not listed", i+1, f)
+			}
+		}
+	}
+	return nil
+}
+
+// buildArtifact merges the image's layers in one pass each and keeps the
+// result in dir (written to a temporary dir, then renamed).
+func (d *Daemon) buildArtifact(ctx context.Context, img *ociimage.Image, dir string) (*Artifact, error) {
+	if err := os.MkdirAll(filepath.Dir(dir), 0o700); err != nil {
+		return nil, err
+	}
+	tmp, err := os.MkdirTemp(filepath.Dir(dir), ".build-")
+	if err != nil {
+		return nil, err
+	}
+	defer os.RemoveAll(tmp)
+	d.log.Info("indexing image layers (one pass each)", "image", img.Ref.String(), "layers", len(img.Layers))
+	a := &Artifact{Version: 1, Manifest: img.ManifestDigest, Chunk: d.op.FetchChunk(), Index: "index.erofs", Files: map[string]string{}}
+	var layers []merge.Layer
+	var blobs []source.Blob
+	var hashers []*source.ChunkHasher
+	defer func() {
+		for _, b := range blobs {
+			b.Close()
+		}
+	}()
+	for i, l := range img.Layers {
+		spec := l.Spec
+		if l.Kind == "erofs+zstd" {
+			spec = "zstd:" + spec // merge reads the EROFS image itself
+		}
+		b, err := d.op.Open(ctx, spec)
+		if err != nil {
+			return nil, fmt.Errorf("layer %d (%s): %w", i+1, l.Digest, err)
+		}
+		blobs = append(blobs, b)
+		ml := merge.Layer{Name: fmt.Sprintf("layer %d (%s)", i+1, shortDigest(l.Digest)), R: b, Size: b.Size()}
+		var h *source.ChunkHasher
+		if strings.HasPrefix(l.Kind, "tar") {
+			ml.DiffID, ml.Digest = l.DiffID, l.Digest
+			if source.IsRemote(l.Spec) {
+				h = source.NewChunkHasher(a.Chunk)
+				ml.Raw = h
+			}
+		}
+		hashers = append(hashers, h)
+		layers = append(layers, ml)
+		a.Layers = append(a.Layers, artifactLayer{Digest: l.Digest, Size: l.Size, Kind: l.Kind, DiffID: l.DiffID})
+	}
+	f, err := os.Create(filepath.Join(tmp, a.Index))
+	if err != nil {
+		return nil, err
+	}
+	// Layers start on fetch-chunk boundaries (at least 1 MiB), with a hole
+	// after the index: readahead near a device's end then stays in it,
+	// and a layer whose chunks fail (wrong bytes from the registry) does
+	// not take the index's or a neighbour's reads with it.
+	rep, err := merge.Merge(f, layers, merge.Options{AlignBytes: max(a.Chunk, 1<<20)})
+	if err == nil {
+		err = f.Truncate(int64(rep.Stats.Blocks) * rep.Stats.BlockSize)
+	}
+	if err2 := f.Close(); err == nil {
+		err = err2
+	}
+	if err != nil {
+		return nil, err
+	}
+	put := func(name string, data []byte) error {
+		h := sha256.Sum256(data)
+		a.Files[name] = hex.EncodeToString(h[:])
+		return os.WriteFile(filepath.Join(tmp, name), data, 0o644)
+	}
+	idx, err := os.ReadFile(filepath.Join(tmp, a.Index))
+	if err != nil {
+		return nil, err
+	}
+	h := sha256.Sum256(idx)
+	a.Files[a.Index] = hex.EncodeToString(h[:])
+	for i, in := range rep.Info {
+		al := &a.Layers[i]
+		if hashers[i] != nil {
+			sb, _ := hashers[i].Sums().MarshalBinary()
+			al.Sums = fmt.Sprintf("layer-%d.sums", i+1)
+			if err := put(al.Sums, sb); err != nil {
+				return nil, err
+			}
+		}
+		switch {
+		case in.Gzip != nil:
+			var z bytes.Buffer
+			if err := in.Gzip.WriteZinfo(&z); err != nil {
+				return nil, err
+			}
+			al.Zinfo, al.Gzmeta = fmt.Sprintf("layer-%d.zinfo", i+1), fmt.Sprintf("layer-%d.gzmeta", i+1)
+			if err := put(al.Zinfo, z.Bytes()); err != nil {
+				return nil, err
+			}
+			if err := put(al.Gzmeta, in.Gzip.MarshalMeta()); err != nil {
+				return nil, err
+			}
+		case in.Zstd != nil:
+			zb, err := in.Zstd.MarshalBinary()
+			if err != nil {
+				return nil, err
+			}
+			al.Zstd = fmt.Sprintf("layer-%d.zstdidx", i+1)
+			if err := put(al.Zstd, zb); err != nil {
+				return nil, err
+			}
+		}
+	}
+	j, _ := json.MarshalIndent(a, "", "  ")
+	if err := os.WriteFile(filepath.Join(tmp, artifactFile), j, 0o644); err != nil {
+		return nil, err
+	}
+	os.RemoveAll(dir)
+	if err := os.Rename(tmp, dir); err != nil {
+		return nil, err
+	}
+	d.log.Info("image indexed", "image", img.Ref.String(), "files", rep.Files, "index_bytes", len(idx))
+	return a, nil
+}
+
+func shortDigest(d string) string {
+	if len(d) > 19 {
+		return d[:19]
+	}
+	return d
+}
+
+// adopt hands an artifact's chunk digests and decode indexes to the
+// source opener, so the layers open without a pass and every fetch is
+// checked.
+func (d *Daemon) adopt(a *Artifact, dir string, img *ociimage.Image) error {
+	read := func(name string) ([]byte, error) { return os.ReadFile(filepath.Join(dir, name)) }
+	for i, l := range a.Layers {
+		il := img.Layers[i]
+		id := "oci:" + l.Digest
+		if l.Sums != "" && source.IsRemote(il.Spec) {
+			b, err := read(l.Sums)
+			if err != nil {
+				return err
+			}
+			var cs source.ChunkSums
+			if err := cs.UnmarshalBinary(b); err != nil {
+				return fmt.Errorf("layer %d: %w", i+1, err)
+			}
+			if err := d.op.SetChunkSums(id, &cs); err != nil {
+				d.log.Warn("chunk digests not used", "layer", l.Digest, "err", err)
+			}
+		}
+		if !source.IsRemote(il.Spec) {
+			// A layout's layer is a local file: its identity is the file.
+			continue
+		}
+		switch {
+		case l.Zinfo != "":
+			z, err := read(l.Zinfo)
+			if err != nil {
+				return err
+			}
+			m, err := read(l.Gzmeta)
+			if err != nil {
+				return err
+			}
+			ix, err := gzran.ReadZinfo(bytes.NewReader(z))
+			if err == nil {
+				err = ix.UnmarshalMeta(m)
+			}
+			if err != nil {
+				return fmt.Errorf("layer %d gzip index: %w", i+1, err)
+			}
+			d.op.AdoptGzipIndex(id, l.Size, ix)
+		case l.Zstd != "":
+			z, err := read(l.Zstd)
+			if err != nil {
+				return err
+			}
+			ix := new(zstdseek.Index)
+			if err := ix.UnmarshalBinary(z); err != nil {
+				return fmt.Errorf("layer %d zstd index: %w", i+1, err)
+			}
+			d.op.AdoptZstdIndex(id, l.Size, ix)
+		}
+	}
+	return nil
+}
+
+// PushImageArtifacts pushes an image's kept artifacts to its registry.
+func (d *Daemon) PushImageArtifacts(ctx context.Context, img *ociimage.Image, a *Artifact, dir string) (string, error) {
+	files := []ociimage.File{}
+	j, _ := json.Marshal(a)
+	files = append(files, ociimage.File{Name: artifactFile, MediaType: "application/json", Data: j})
+	for name := range a.Files {
+		data, err := os.ReadFile(filepath.Join(dir, name))
+		if err != nil {
+			return "", err
+		}
+		files = append(files, ociimage.File{Name: name, MediaType: "application/octet-stream", Data: data})
+	}
+	return d.images().resolver.PushArtifact(ctx, img, ArtifactType, files)
+}
+
+// fetchPushed looks for a pushed artifact and keeps it in dir.
+func (d *Daemon) fetchPushed(ctx context.Context, img *ociimage.Image, dir string) (*Artifact, error) {
+	if img.Ref.Transport != ociimage.Registry {
+		return nil, nil
+	}
+	res := d.images().resolver
+	pa, err := res.FindArtifact(ctx, img, ArtifactType)
+	if err != nil || pa == nil {
+		return nil, err
+	}
+	const maxFile = 1 << 30
+	byName := map[string]ociimage.ArtifactFile{}
+	for _, f := range pa.Files {
+		byName[f.Name] = f
+	}
+	af, ok := byName[artifactFile]
+	if !ok {
+		return nil, errors.New("pushed artifact without " + artifactFile)
+	}
+	j, err := res.FetchFile(ctx, af, 16<<20)
+	if err != nil {
+		return nil, err
+	}
+	var a Artifact
+	if err := json.Unmarshal(j, &a); err != nil {
+		return nil, err
+	}
+	if err := a.check(img); err != nil {
+		return nil, err
+	}
+	if a.Chunk != d.op.FetchChunk() {
+		return nil, fmt.Errorf("pushed index has %d-byte chunk digests, this daemon fetches %d-byte chunks", a.Chunk, d.op.FetchChunk())
+	}
+	if err := os.MkdirAll(filepath.Dir(dir), 0o700); err != nil {
+		return nil, err
+	}
+	tmp, err := os.MkdirTemp(filepath.Dir(dir), ".fetch-")
+	if err != nil {
+		return nil, err
+	}
+	defer os.RemoveAll(tmp)
+	for name, sum := range a.Files {
+		f, ok := byName[name]
+		if !ok {
+			return nil, fmt.Errorf("pushed artifact lacks %s", name)
+		}
+		data, err := res.FetchFile(ctx, f, maxFile)
+		if err != nil {
+			return nil, err
+		}
+		if h := sha256.Sum256(data); hex.EncodeToString(h[:]) != sum {
+			return nil, fmt.Errorf("%s: checksum mismatch", name)
+		}
+		if err := os.WriteFile(filepath.Join(tmp, name), data, 0o644); err != nil {
+			return nil, err
+		}
+	}
+	if err := os.WriteFile(filepath.Join(tmp, artifactFile), j, 0o644); err != nil {
+		return nil, err
+	}
+	os.RemoveAll(dir)
+	if err := os.Rename(tmp, dir); err != nil {
+		return nil, err
+	}
+	return &a, nil
 }

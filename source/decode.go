@@ -161,12 +161,15 @@ func (o *Opener) openGzip(d *decoded, zinfo string) error {
 }
 
 func (o *Opener) openZstd(d *decoded) error {
-	ix, err := zstdseek.ReadSeekTable(d.inner, d.inner.Size())
-	if err != nil && !errors.Is(err, zstdseek.ErrNoSeekTable) {
-		return err
-	}
+	// A kept index first: reading a seek table costs a fetch of the
+	// blob's tail.
+	ix := o.loadZstd(d.inner)
+	var err error
 	if ix == nil {
-		ix = o.loadZstd(d.inner)
+		ix, err = zstdseek.ReadSeekTable(d.inner, d.inner.Size())
+		if err != nil && !errors.Is(err, zstdseek.ErrNoSeekTable) {
+			return err
+		}
 	}
 	var spill *os.File
 	if ix == nil {

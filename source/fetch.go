@@ -679,6 +679,11 @@ func (o *Opener) probe(ctx context.Context, req requester, name, id string, h *h
 	if id != "" {
 		metaKey = "meta:" + id
 	}
+	if sz, ok := o.knownSizes.Load(id); ok && strings.HasPrefix(id, "oci:") {
+		// The size is in a manifest that was digest-checked: no probe.
+		r.size = sz.(int64)
+		return r.finishProbe(id), nil
+	}
 	if r.store != nil && strings.HasPrefix(id, "oci:") {
 		// A digest-pinned blob never changes: with its size stored it
 		// opens without asking the registry (a warm restart sends nothing).

@@ -126,6 +126,15 @@ type Opener struct {
 	digestOK, digestBad atomic.Uint64
 	sums                chunkSums // chunk digests by identity (chunksums.go)
 	memIndex            sync.Map  // "gzip:"/"zstd:" + identity -> index (decode.go)
+	knownSizes          sync.Map  // OCI identity -> size from a checked manifest
+}
+
+// KnowSize tells the size of the OCI blob with this digest (from a
+// digest-checked manifest), so opening it sends no probe.
+func (o *Opener) KnowSize(digest string, size int64) {
+	if size > 0 {
+		o.knownSizes.Store("oci:"+digest, size)
+	}
 }
 
 // NewOpener returns an Opener. It is safe for concurrent use.

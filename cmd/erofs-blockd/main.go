@@ -35,6 +35,7 @@ func commands() []command {
 		{"verify", "[flags] [IMAGE]", "check every structure and block reference (exit 0 clean, 1 problems, 2 unusable)", runVerify},
 		{"ls", "[flags] [IMAGE] [PATH]", "list files with type, mode, size, target and digest", runLs},
 		{"merge", "[flags] -o INDEX LAYER...", "write a metadata-only EROFS index merging layers: EROFS images, tar, tar+gzip, tar+zstd (later layers win)", runMerge},
+		{"index", "[flags] REF", "build an image's index artifacts (merged metadata, gzip/zstd indexes, chunk digests) into --cache-dir; --push stores them in the registry", runIndex},
 		{"export", "add|ls|rm [flags]", "add, list and remove the exports of a running serve --api", runExport},
 		{"version", "", "print the version", runVersion},
 	}
