@@ -24,7 +24,10 @@ func (c *conn) transmit() error {
 	err := c.readLoop()
 	close(c.work)
 	c.wg.Wait() // finish in-flight requests before closing
-	if c.lingerAfterReply {
+	if c.lingerAfterReply || errors.Is(err, ErrExportRemoved) {
+		// Also when the export was removed: the client may have requests
+		// queued that we will not read; over TCP, closing on them would
+		// reset the connection and destroy replies not yet read.
 		c.linger()
 	}
 	if cerr := c.nc.Close(); cerr != nil && err == nil && c.werr == nil && !c.stopped() {

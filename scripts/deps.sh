@@ -5,7 +5,7 @@ set -euo pipefail
 want=(erofs-utils libnbd-bin fuse3 nbdkit qemu-utils kmod e2fsprogs
       xxd fio attr bc python3 time
       docker-registry nginx-light apache2-utils openssl curl skopeo
-      libarchive-tools zstd pigz)
+      libarchive-tools zstd pigz umoci)
 if [ "${1:-}" = "--vm" ] || [ "${1:-}" = "--all" ]; then
   want+=(qemu-system-x86 busybox-static cpio xz-utils)
 fi
