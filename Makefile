@@ -7,7 +7,7 @@ GO ?= go
 BIN := bin/erofs-blockd
 FUZZTIME ?= 30s
 
-.PHONY: all build static deps vm-deps reference-deps test test-short vet demo fuzz bench bench-remote bench-tar clean
+.PHONY: all build static deps vm-deps reference-deps test test-short vet demo fuzz bench bench-remote bench-tar bench-image clean
 
 all: build
 
@@ -58,6 +58,9 @@ bench-remote:  # erofs-blockd on oci:// blobs vs nbdkit curl and curl, 0/10 ms R
 
 bench-tar: deps reference-deps  # tar.gz layers: index build vs mkfs.erofs --tar=i --gzinfo, 4 KiB random reads vs nbdkit's gzip filter and the plain tar (scripts/bench-tar.sh)
 	bash scripts/bench-tar.sh
+
+bench-image: deps reference-deps  # an OCI image from a registry at 10 ms RTT: serve --image (pushed index / built at start) vs skopeo+umoci pull and pull+mkfs.erofs (scripts/bench-image.sh)
+	bash scripts/bench-image.sh
 
 clean:
 	rm -rf bin

@@ -461,21 +461,35 @@ func (d *Daemon) fetchPushed(ctx context.Context, img *ociimage.Image, dir strin
 		return nil, err
 	}
 	defer os.RemoveAll(tmp)
+	// The files in parallel: each is a round trip to the registry.
+	var wg sync.WaitGroup
+	errs := make(chan error, len(a.Files))
 	for name, sum := range a.Files {
 		f, ok := byName[name]
 		if !ok {
 			return nil, fmt.Errorf("pushed artifact lacks %s", name)
 		}
-		data, err := res.FetchFile(ctx, f, maxFile)
-		if err != nil {
-			return nil, err
-		}
-		if h := sha256.Sum256(data); hex.EncodeToString(h[:]) != sum {
-			return nil, fmt.Errorf("%s: checksum mismatch", name)
-		}
-		if err := os.WriteFile(filepath.Join(tmp, name), data, 0o644); err != nil {
-			return nil, err
-		}
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			data, err := res.FetchFile(ctx, f, maxFile)
+			if err == nil {
+				if h := sha256.Sum256(data); hex.EncodeToString(h[:]) != sum {
+					err = fmt.Errorf("%s: checksum mismatch", name)
+				}
+			}
+			if err == nil {
+				err = os.WriteFile(filepath.Join(tmp, name), data, 0o644)
+			}
+			if err != nil {
+				errs <- err
+			}
+		}()
+	}
+	wg.Wait()
+	close(errs)
+	if err := <-errs; err != nil {
+		return nil, err
 	}
 	if err := os.WriteFile(filepath.Join(tmp, artifactFile), j, 0o644); err != nil {
 		return nil, err
