@@ -55,11 +55,27 @@ type ConfigFile struct {
 	Exports []Spec `json:"exports"`
 }
 
-// ParseExport parses NAME=PRIMARY[,BLOB...].
+// ParseExport parses NAME=PRIMARY[,BLOB...] or NAME=image:REF[,platform=P].
 func ParseExport(s, domain string) (Spec, error) {
 	n, files, ok := strings.Cut(s, "=")
 	if !ok || files == "" {
-		return Spec{}, fmt.Errorf("--export %q: want NAME=PRIMARY[,BLOB...]", s)
+		return Spec{}, fmt.Errorf("--export %q: want NAME=PRIMARY[,BLOB...] or NAME=image:REF[,platform=OS/ARCH]", s)
+	}
+	if ref, ok := strings.CutPrefix(files, "image:"); ok {
+		sp := Spec{Name: n, Domain: domain}
+		parts := strings.Split(ref, ",")
+		sp.Image = parts[0]
+		for _, p := range parts[1:] {
+			v, ok := strings.CutPrefix(p, "platform=")
+			if !ok || sp.Platform != "" {
+				return Spec{}, fmt.Errorf("--export %q: after image:REF only platform=OS/ARCH[/VARIANT]", s)
+			}
+			sp.Platform = v
+		}
+		if sp.Image == "" {
+			return Spec{}, fmt.Errorf("--export %q: empty image reference", s)
+		}
+		return sp, nil
 	}
 	return Spec{Name: n, Blobs: strings.Split(files, ","), Domain: domain}, nil
 }
@@ -517,6 +533,12 @@ func (d *Daemon) metricsSources() metrics.Sources {
 		sort.Slice(out, func(i, j int) bool { return out[i].Blob < out[j].Blob })
 		return out
 	}}
+	src.ChunkDigestFailures = func() uint64 {
+		if d.op == nil {
+			return 0
+		}
+		return d.op.ChunkSumFailures()
+	}
 	if d.disk != nil {
 		disk := d.disk
 		src.DiskCache = func() metrics.DiskCacheStats {

@@ -156,3 +156,21 @@ func value(t *testing.T, expo, metric, src string) float64 {
 	t.Fatalf("%s missing:\n%s", prefix, expo)
 	return 0
 }
+
+func TestParseExportImage(t *testing.T) {
+	sp, err := ParseExport("app=image:oci://reg:5000/app:1.2,platform=linux/arm64", "d")
+	if err != nil || sp.Image != "oci://reg:5000/app:1.2" || sp.Platform != "linux/arm64" || len(sp.Blobs) != 0 || sp.Domain != "d" {
+		t.Fatalf("%+v %v", sp, err)
+	}
+	if sp, err := ParseExport("l=image:oci-layout:/srv/l:v1", ""); err != nil || sp.Image != "oci-layout:/srv/l:v1" {
+		t.Fatalf("%+v %v", sp, err)
+	}
+	for _, bad := range []string{"a=image:", "a=image:oci://r/x:1,foo=bar", "a=image:oci://r/x:1,platform=a,platform=b"} {
+		if _, err := ParseExport(bad, ""); err == nil {
+			t.Errorf("%q accepted", bad)
+		}
+	}
+	if err := CheckSpecs([]Spec{{Name: "x", Image: "oci://r/x:1", Blobs: []string{"b"}}}); err == nil {
+		t.Error("image and blobs accepted")
+	}
+}

@@ -122,7 +122,8 @@ func TestImageServe(t *testing.T) {
 	if err := os.WriteFile(blob, b, 0o644); err != nil {
 		t.Fatal(err)
 	}
-	s5 := serve(t, append([]string{"--image", img, "--cache-dir", filepath.Join(dir, "cache3"), "--fetch-retries", "1"}, remote...)...)
+	maddr := "127.0.0.1:" + freePort(t)
+	s5 := serve(t, append([]string{"--image", img, "--cache-dir", filepath.Join(dir, "cache3"), "--fetch-retries", "1", "--metrics-listen", maddr}, remote...)...)
 	mnt = fuseMount(t, s5.sock)
 	if data, err := os.ReadFile(filepath.Join(mnt, victim)); err == nil {
 		t.Fatalf("%s read %d bytes from a tampered layer chunk; want EIO", victim, len(data))
@@ -158,6 +159,9 @@ func TestImageServe(t *testing.T) {
 		t.Errorf("%s (layer 3): wrong bytes", top)
 	}
 	t.Logf("after tampering one byte of layer 1: %d files right, %d EIO, none wrong", okFiles, eio)
+	if v := metricValue(t, scrape(t, "http://"+maddr+"/metrics"), "erofs_blockd_source_chunk_digest_failures_total"); v < 1 {
+		t.Errorf("chunk digest failures metric %v, want >= 1", v)
+	}
 	s5.stop(t)
 	if !strings.Contains(s5.stderr.String(), "does not match its digest") {
 		t.Errorf("server log does not name the digest mismatch:\n%s", s5.stderr.String())

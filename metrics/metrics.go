@@ -39,6 +39,9 @@ type Sources struct {
 	Cache     func() CacheStats
 	Backends  func() []BackendStats
 	DiskCache func() DiskCacheStats
+	// ChunkDigestFailures counts fetched chunks of image layers that did
+	// not match their recorded digest (wrong bytes from a registry).
+	ChunkDigestFailures func() uint64
 }
 
 // Metrics is the registry plus the nbd.Observer. Safe for concurrent use.
@@ -109,6 +112,11 @@ func New(version string, src Sources) *Metrics {
 	}
 	if src.DiskCache != nil {
 		m.reg.MustRegister(&diskCollector{fn: src.DiskCache})
+	}
+	if fn := src.ChunkDigestFailures; fn != nil {
+		m.reg.MustRegister(prometheus.NewCounterFunc(prometheus.CounterOpts{Namespace: ns, Name: "source_chunk_digest_failures_total",
+			Help: "Fetched chunks of image layers that did not match the digest recorded in the image's index (refused: EIO to the reader after retries)."},
+			func() float64 { return float64(fn()) }))
 	}
 	return m
 }

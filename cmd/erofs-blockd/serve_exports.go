@@ -42,7 +42,7 @@ const defaultCacheSize = "0"
 const defaultCacheDirSize = "10G"
 
 func (e *exportFlags) register(fs *pflag.FlagSet) {
-	fs.StringArrayVar(&e.exports, "export", nil, "serve export `NAME=SOURCE,SOURCE,...` (repeatable; first the primary, the rest its devices in slot order; files, http(s):// or oci://)")
+	fs.StringArrayVar(&e.exports, "export", nil, "serve export `NAME=SOURCE,SOURCE,...` (repeatable; first the primary, the rest its devices in slot order; files, gzip:/zstd:, http(s):// or oci://) or NAME=image:REF[,platform=OS/ARCH]")
 	fs.StringVar(&e.config, "config", "", "JSON `FILE` listing exports: {\"exports\":[{\"name\":..., \"blobs\":[...], \"domain\":...}]}")
 	fs.StringVar(&e.domain, "domain", "", "dedup domain of the --blob/--export exports: exports in the same non-empty domain share cached file contents by fingerprint (like the kernel's domain_id)")
 	fs.StringVar(&e.cacheSize, "cache-size", defaultCacheSize, "size of the content cache shared by all exports, e.g. 256M; 0 = off (default: worth it when blob reads are slow or remote, not for local page-cached files)")
