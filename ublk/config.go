@@ -38,6 +38,40 @@ type Config struct {
 	MaxIO uint32
 	// Logger receives warnings; nil discards them.
 	Logger *slog.Logger
+
+	// NoRecovery creates the device without UBLK_F_USER_RECOVERY: when
+	// the server dies the driver fails the outstanding I/O and removes
+	// /dev/ublkbN. By default the device survives its server with I/O
+	// queued (and, where the driver has UBLK_F_USER_RECOVERY_REISSUE,
+	// the requests the server held are issued again) until a new server
+	// reattaches (Reattach) or the device is deleted.
+	NoRecovery bool
+	// Reattach takes over the existing device ID (which must be given)
+	// left by a server that died: the device must have been created by
+	// this package with recovery, be quiesced (or become so once its
+	// server has exited), and match this Config (size, block size and,
+	// when given, queues and depth). START_USER_RECOVERY, new queues,
+	// END_USER_RECOVERY: the queued I/O then completes from Device. If
+	// there is no device ID, Start creates it as without Reattach
+	// (Device.Reattached tells which happened).
+	Reattach bool
+}
+
+// ExistsError is Start's error when the requested /dev/ublkbN exists
+// already and Reattach is not set.
+type ExistsError struct {
+	ID  int
+	PID int // the server recorded with the device (-1: none)
+	// Running: PID is a live process (the device is served).
+	Running bool
+	// Recoverable: the device was created with recovery by this package
+	// and its server is gone, so Reattach can take it over.
+	Recoverable bool
+	State       string // "live", "quiesced", "dead", ...
+}
+
+func (e *ExistsError) Error() string {
+	return fmt.Sprintf("ublk: /dev/ublkb%d exists (%s, server pid %d)", e.ID, e.State, e.PID)
 }
 
 // ParseDevicePath returns N for "/dev/ublkbN".

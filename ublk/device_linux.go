@@ -1,6 +1,7 @@
 package ublk
 
 import (
+	"bytes"
 	"errors"
 	"fmt"
 	"log/slog"
@@ -25,7 +26,11 @@ type Device struct {
 	arg    []byte // one page of argument memory for control commands
 	charFd int
 	queues []*queue
-	added  bool
+	added  bool // STOP_DEV + DEL_DEV on close
+	feat   uint64
+	req    Config // the Config as given, before defaults (what was asked for explicitly)
+
+	reattached bool
 
 	closeOnce sync.Once
 	closeErr  error
@@ -46,11 +51,26 @@ func (d *Device) Depth() int { return int(d.info.QueueDepth) }
 // MaxIO returns the largest request size in bytes.
 func (d *Device) MaxIO() int { return int(d.info.MaxIOBufBytes) }
 
+// Reattached reports whether Start took over an existing device
+// (Config.Reattach) rather than creating one.
+func (d *Device) Reattached() bool { return d.reattached }
+
+// Recovery reports whether the device survives its server
+// (UBLK_F_USER_RECOVERY), and whether the requests a dead server held are
+// issued again (UBLK_F_USER_RECOVERY_REISSUE) rather than failed.
+func (d *Device) Recovery() (recovery, reissue bool) {
+	return d.info.Flags&featUserRecovery != 0, d.info.Flags&featUserRecoveryReissue != 0
+}
+
 // Start creates the device (ADD_DEV, SET_PARAMS), starts its queues and
 // the block device (START_DEV). On error nothing is left behind.
 func Start(cfg Config) (*Device, error) {
 	if cfg.Device == nil {
 		return nil, errors.New("ublk: no device")
+	}
+	req := cfg
+	if cfg.Reattach && cfg.ID < 0 {
+		return nil, errors.New("ublk: reattach needs the device id (/dev/ublkbN)")
 	}
 	if cfg.Queues <= 0 {
 		cfg.Queues = runtime.NumCPU()
@@ -81,7 +101,7 @@ func Start(cfg Config) (*Device, error) {
 	if size <= 0 {
 		return nil, errors.New("ublk: empty device")
 	}
-	d := &Device{cfg: cfg, log: cfg.Logger, ctrlFd: -1, charFd: -1, size: size}
+	d := &Device{cfg: cfg, req: req, log: cfg.Logger, ctrlFd: -1, charFd: -1, size: size}
 	if d.log == nil {
 		d.log = slog.New(slog.DiscardHandler)
 	}
@@ -121,16 +141,38 @@ func (d *Device) start(devSize int64) error {
 		return errors.New("ublk: driver lacks UBLK_F_CMD_IOCTL_ENCODE")
 	}
 
+	d.feat = feat
+	if d.cfg.Reattach {
+		info, err := d.getDevInfo(uint32(d.cfg.ID))
+		if err == nil {
+			return d.reattach(devSize, info)
+		}
+		if !errors.Is(err, unix.ENODEV) {
+			return err
+		}
+		d.log.Info("ublk: no device to reattach; creating it", "device", fmt.Sprintf("/dev/ublkb%d", d.cfg.ID))
+	}
+	return d.create(devSize)
+}
+
+// create adds the device (ADD_DEV, SET_PARAMS), starts the queues and
+// the disk (START_DEV).
+func (d *Device) create(devSize int64) error {
 	id := ^uint32(0)
 	if d.cfg.ID >= 0 {
 		id = uint32(d.cfg.ID)
+	}
+	flags := uint64(featCmdIoctlEncode)
+	if !d.cfg.NoRecovery {
+		flags |= d.feat & (featUserRecovery | featUserRecoveryReissue)
 	}
 	info := devInfo{
 		NrHwQueues:    uint16(d.cfg.Queues),
 		QueueDepth:    uint16(d.cfg.Depth),
 		MaxIOBufBytes: d.cfg.MaxIO,
 		DevID:         id,
-		Flags:         featCmdIoctlEncode,
+		Flags:         flags,
+		UblksrvFlags:  serverTag,
 	}
 	*(*devInfo)(unsafe.Pointer(&d.arg[0])) = info
 	res, err := d.ctrlCmd(cmdAddDev, ctrlCmd{DevID: id, QueueID: 0xffff, Len: uint16(unsafe.Sizeof(info)), Addr: d.argAddr()})
@@ -139,7 +181,7 @@ func (d *Device) start(devSize int64) error {
 	}
 	if res < 0 {
 		if d.cfg.ID >= 0 && unix.Errno(-res) == unix.EEXIST {
-			return fmt.Errorf("ublk: ADD_DEV /dev/ublkb%d: the device exists already", d.cfg.ID)
+			return d.existsError(id)
 		}
 		return fmt.Errorf("ublk: ADD_DEV: %w", unix.Errno(-res))
 	}
@@ -147,6 +189,9 @@ func (d *Device) start(devSize int64) error {
 	d.added = true
 	if d.info.QueueDepth == 0 || d.info.NrHwQueues == 0 || d.info.MaxIOBufBytes < 4096 {
 		return fmt.Errorf("ublk: ADD_DEV returned %d queues, depth %d, max I/O %d", d.info.NrHwQueues, d.info.QueueDepth, d.info.MaxIOBufBytes)
+	}
+	if !d.cfg.NoRecovery && d.info.Flags&featUserRecovery == 0 {
+		d.log.Warn("ublk: the driver lacks UBLK_F_USER_RECOVERY: the device goes away with this server", "features", fmt.Sprintf("%#x", d.feat))
 	}
 
 	lbs := shift(d.cfg.BlockSize)
@@ -163,8 +208,17 @@ func (d *Device) start(devSize int64) error {
 	if err := d.devCmd("SET_PARAMS", cmdSetParams, ctrlCmd{Len: uint16(p.Len), Addr: d.argAddr()}); err != nil {
 		return err
 	}
+	if err := d.startQueues(); err != nil {
+		return err
+	}
+	return d.devCmd("START_DEV", cmdStartDev, ctrlCmd{Data: uint64(os.Getpid())})
+}
 
+// startQueues opens /dev/ublkcN and starts every queue thread (each posts
+// a FETCH_REQ per tag).
+func (d *Device) startQueues() error {
 	char := fmt.Sprintf("/dev/ublkc%d", d.info.DevID)
+	var err error
 	for i := 0; ; i++ {
 		d.charFd, err = unix.Open(char, unix.O_RDWR|unix.O_CLOEXEC, 0)
 		if err == nil {
@@ -176,7 +230,6 @@ func (d *Device) start(devSize int64) error {
 		}
 		time.Sleep(20 * time.Millisecond) // udev/devtmpfs may lag
 	}
-
 	for q := 0; q < int(d.info.NrHwQueues); q++ {
 		qu, err := newQueue(d, q)
 		if err != nil {
@@ -187,7 +240,181 @@ func (d *Device) start(devSize int64) error {
 			return err
 		}
 	}
-	return d.devCmd("START_DEV", cmdStartDev, ctrlCmd{Data: uint64(os.Getpid())})
+	return nil
+}
+
+// recoverWait bounds the waits of a reattach: for the dead server's
+// device to become quiesced (the driver does it once every queue's
+// commands are cancelled at the server's exit, or at the block layer's
+// request timeout, 30 s, when the server held every tag of a queue) and
+// for its /dev/ublkcN to be released (its io_uring is torn down
+// asynchronously).
+const recoverWait = 75 * time.Second
+
+// reattach takes over the existing device info.DevID: checks, then
+// START_USER_RECOVERY, new queues (FETCH_REQ on every tag), and
+// END_USER_RECOVERY, which unquiesces the disk: queued and requeued
+// requests reach the new queues. A refusal changes nothing; a failure
+// after START_USER_RECOVERY leaves the device quiesced (recoverable again
+// once this process has exited), never deleted.
+func (d *Device) reattach(devSize int64, info devInfo) error {
+	id := info.DevID
+	path := fmt.Sprintf("/dev/ublkb%d", id)
+	refuse := func(format string, a ...any) error {
+		return fmt.Errorf("ublk: reattach %s: "+format, append([]any{path}, a...)...)
+	}
+	if info.UblksrvFlags != serverTag {
+		return refuse("the device was not created by erofs-blockd (ublksrv_flags %#x); not touching it", info.UblksrvFlags)
+	}
+	if info.Flags&featUserRecovery == 0 {
+		return refuse("the device was created without UBLK_F_USER_RECOVERY and cannot be recovered; remove it")
+	}
+	deadline := time.Now().Add(recoverWait)
+	for info.State != stateQuiesced {
+		pid := int(info.UblksrvPID)
+		switch {
+		case info.State == stateLive && pid != os.Getpid() && pidAlive(pid):
+			return refuse("it is served by pid %d, which is running", pid)
+		case info.State == stateLive:
+			// Its server has exited; the driver quiesces the device soon.
+		default:
+			return refuse("device state %s (server pid %d) is not recoverable; remove it", stateName(info.State), pid)
+		}
+		if time.Now().After(deadline) {
+			return refuse("still live %v after its server (pid %d) exited", recoverWait, pid)
+		}
+		time.Sleep(50 * time.Millisecond)
+		var err error
+		if info, err = d.getDevInfo(id); err != nil {
+			return err
+		}
+	}
+	p, err := d.getParams(id)
+	if err != nil {
+		return err
+	}
+	if p.Types&paramTypeBasic == 0 || p.Basic.Attrs&attrReadOnly == 0 {
+		return refuse("the device is not read-only (attrs %#x); not an erofs-blockd device", p.Basic.Attrs)
+	}
+	if got, want := uint32(1)<<p.Basic.LogicalBSShift, d.cfg.BlockSize; got != want {
+		return refuse("its logical block size is %d, this composition's %d", got, want)
+	}
+	if got, want := int64(p.Basic.DevSectors)<<9, devSize; got != want {
+		return refuse("it has %d bytes, this composition %d (rounded up to the block size): a different image?", got, want)
+	}
+	if q := d.req.Queues; q > 0 && q != int(info.NrHwQueues) && min(q, runtime.NumCPU()) != int(info.NrHwQueues) {
+		return refuse("it has %d queues, %d asked for", info.NrHwQueues, q)
+	}
+	if q := d.req.Depth; q > 0 && q != int(info.QueueDepth) {
+		return refuse("its queue depth is %d, %d asked for", info.QueueDepth, q)
+	}
+	if m := d.req.MaxIO; m > 0 && m != info.MaxIOBufBytes {
+		return refuse("its maximum I/O is %d, %d asked for", info.MaxIOBufBytes, m)
+	}
+	if info.QueueDepth == 0 || info.NrHwQueues == 0 || info.MaxIOBufBytes < 4096 || int(info.QueueDepth) > maxQueueDepth {
+		return refuse("%d queues, depth %d, max I/O %d", info.NrHwQueues, info.QueueDepth, info.MaxIOBufBytes)
+	}
+	d.info = info
+	d.log.Info("ublk: reattaching", "device", path, "previous_pid", info.UblksrvPID, "queues", info.NrHwQueues, "depth", info.QueueDepth)
+
+	// EBUSY while the dead server's /dev/ublkcN is still open.
+	for {
+		res, err := d.ctrlCmd(cmdStartUserRecovery, ctrlCmd{DevID: id, QueueID: 0xffff})
+		if err != nil {
+			return err
+		}
+		if res == 0 {
+			break
+		}
+		if unix.Errno(-res) != unix.EBUSY || time.Now().After(deadline) {
+			return fmt.Errorf("ublk: START_USER_RECOVERY %s: %w", path, unix.Errno(-res))
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+	if err := d.startQueues(); err != nil {
+		return err
+	}
+	if err := d.devCmd("END_USER_RECOVERY", cmdEndUserRecovery, ctrlCmd{Data: uint64(os.Getpid())}); err != nil {
+		return err
+	}
+	d.added = true
+	d.reattached = true
+	return nil
+}
+
+// getDevInfo runs GET_DEV_INFO for device id; ENODEV (errors.Is) when
+// there is none.
+func (d *Device) getDevInfo(id uint32) (devInfo, error) {
+	clear(d.arg[:unsafe.Sizeof(devInfo{})])
+	res, err := d.ctrlCmd(cmdGetDevInfo, ctrlCmd{DevID: id, QueueID: 0xffff, Len: uint16(unsafe.Sizeof(devInfo{})), Addr: d.argAddr()})
+	if err != nil {
+		return devInfo{}, err
+	}
+	if res < 0 {
+		return devInfo{}, fmt.Errorf("ublk: GET_DEV_INFO /dev/ublkb%d: %w", id, unix.Errno(-res))
+	}
+	return *(*devInfo)(unsafe.Pointer(&d.arg[0])), nil
+}
+
+// getParams runs GET_PARAMS for device id (the head and basic parameters).
+func (d *Device) getParams(id uint32) (params, error) {
+	n := uint32(unsafe.Sizeof(params{}))
+	clear(d.arg[:n])
+	*(*params)(unsafe.Pointer(&d.arg[0])) = params{Len: n}
+	res, err := d.ctrlCmd(cmdGetParams, ctrlCmd{DevID: id, QueueID: 0xffff, Len: uint16(n), Addr: d.argAddr()})
+	if err != nil {
+		return params{}, err
+	}
+	if res < 0 {
+		return params{}, fmt.Errorf("ublk: GET_PARAMS /dev/ublkb%d: %w", id, unix.Errno(-res))
+	}
+	return *(*params)(unsafe.Pointer(&d.arg[0])), nil
+}
+
+// existsError describes the device id that ADD_DEV found in place.
+func (d *Device) existsError(id uint32) error {
+	info, err := d.getDevInfo(id)
+	if err != nil {
+		return fmt.Errorf("ublk: ADD_DEV /dev/ublkb%d: the device exists already", id)
+	}
+	e := &ExistsError{ID: int(id), PID: int(info.UblksrvPID), State: stateName(info.State)}
+	e.Running = info.State == stateLive && pidAlive(e.PID)
+	e.Recoverable = !e.Running && info.Flags&featUserRecovery != 0 && info.UblksrvFlags == serverTag &&
+		(info.State == stateQuiesced || info.State == stateLive)
+	return e
+}
+
+func stateName(s uint16) string {
+	switch s {
+	case stateDead:
+		return "dead"
+	case stateLive:
+		return "live"
+	case stateQuiesced:
+		return "quiesced"
+	case stateFailIO:
+		return "fail-io"
+	}
+	return fmt.Sprintf("state %d", s)
+}
+
+// pidAlive reports whether pid is a process that has not exited (a zombie
+// has: its threads, and with them its io_urings, are gone).
+func pidAlive(pid int) bool {
+	if pid <= 0 {
+		return false
+	}
+	if err := unix.Kill(pid, 0); err != nil && err != unix.EPERM {
+		return false
+	}
+	b, err := os.ReadFile(fmt.Sprintf("/proc/%d/stat", pid))
+	if err != nil {
+		return true // no procfs: trust kill
+	}
+	if i := bytes.LastIndexByte(b, ')'); i >= 0 && i+2 < len(b) {
+		return b[i+2] != 'Z' && b[i+2] != 'X'
+	}
+	return true
 }
 
 func shift(v uint32) uint8 {

@@ -19,5 +19,11 @@ func (d *Device) Queues() int { return 0 }
 // Depth returns 0.
 func (d *Device) Depth() int { return 0 }
 
+// Reattached returns false.
+func (d *Device) Reattached() bool { return false }
+
+// Recovery returns false, false.
+func (d *Device) Recovery() (recovery, reissue bool) { return false, false }
+
 // Close does nothing.
 func (d *Device) Close() error { return nil }

@@ -1,6 +1,7 @@
 package ublk
 
 import (
+	"bufio"
 	"bytes"
 	"errors"
 	"fmt"
@@ -8,8 +9,10 @@ import (
 	"log/slog"
 	"math/rand/v2"
 	"os"
+	"os/exec"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
 	"unsafe"
@@ -32,7 +35,7 @@ func TestGuestUblk(t *testing.T) {
 	if !res.Passed {
 		t.Fatalf("guest tests failed (exit %d)", res.ExitCode)
 	}
-	for _, name := range []string{"TestKernelReadBack", "TestKernelFixedID", "TestKernelErrors"} {
+	for _, name := range []string{"TestKernelReadBack", "TestKernelFixedID", "TestKernelErrors", "TestKernelRecover"} {
 		if !strings.Contains(res.Log, "--- PASS: "+name) {
 			t.Errorf("guest did not report PASS for %s", name)
 		}
@@ -257,5 +260,153 @@ func TestKernelErrors(t *testing.T) {
 			d.Close()
 			t.Errorf("Start(%+v) succeeded", c)
 		}
+	}
+}
+
+// recoverChildEnv makes the test binary, re-run by TestKernelRecover, the
+// server that gets killed.
+const recoverChildEnv = "UBLK_TEST_RECOVER_CHILD"
+
+// TestKernelRecover: a child process serves /dev/ublkb6 (recovery on) and
+// is killed with SIGKILL while O_DIRECT readers are busy; the device stays,
+// reads wait; a Start without Reattach reports an ExistsError naming the
+// dead pid; a reattach with a different size is refused and changes
+// nothing; the reattach with the same data completes every waiting read
+// with the right bytes; Close removes the device.
+func TestKernelRecover(t *testing.T) {
+	requireUblk(t)
+	const size = 4 << 20
+	data := randomData(size)
+	if os.Getenv(recoverChildEnv) == "1" {
+		d, err := Start(Config{ID: 6, Device: memDev{bytes.NewReader(data)}, Queues: 2, Depth: 8})
+		if err != nil {
+			fmt.Println("START-FAILED", err)
+			os.Exit(1)
+		}
+		rec, reissue := d.Recovery()
+		fmt.Printf("READY %v %v\n", rec, reissue)
+		select {}
+	}
+	cmd := exec.Command(os.Args[0], "-test.run", "^TestKernelRecover$", "-test.count=1")
+	cmd.Env = append(os.Environ(), recoverChildEnv+"=1")
+	out, err := cmd.StdoutPipe()
+	if err != nil {
+		t.Fatal(err)
+	}
+	cmd.Stderr = os.Stderr
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	line, err := bufio.NewReader(out).ReadString('\n')
+	if err != nil || !strings.HasPrefix(line, "READY") {
+		cmd.Process.Kill()
+		cmd.Wait()
+		t.Fatalf("child: %q, %v", line, err)
+	}
+	t.Logf("child pid %d: %s", cmd.Process.Pid, strings.TrimSpace(line))
+	if line != "READY true true\n" {
+		t.Errorf("recovery flags not granted by the driver: %q", line)
+	}
+	fd, err := unix.Open("/dev/ublkb6", unix.O_RDONLY|unix.O_DIRECT, 0)
+	if err != nil {
+		cmd.Process.Kill()
+		cmd.Wait()
+		t.Fatal(err)
+	}
+	fdOpen := true
+	defer func() {
+		if fdOpen {
+			unix.Close(fd)
+		}
+	}()
+	var wg sync.WaitGroup
+	var reads atomic.Int64
+	stop := make(chan struct{})
+	errs := make(chan error, 8)
+	for g := 0; g < 6; g++ {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			r := rand.New(rand.NewPCG(uint64(g), 3))
+			for {
+				select {
+				case <-stop:
+					return
+				default:
+				}
+				n := (1 + r.IntN(64)) * 4096
+				off := int64(r.IntN((size-n)/4096)) * 4096
+				buf := alignedBuf(n)
+				m, err := unix.Pread(fd, buf, off)
+				if err != nil || m != n {
+					errs <- fmt.Errorf("pread %d at %d: %d, %v", n, off, m, err)
+					return
+				}
+				if !bytes.Equal(buf, data[off:off+int64(n)]) {
+					errs <- fmt.Errorf("pread %d at %d: data differs", n, off)
+					return
+				}
+				reads.Add(1)
+			}
+		}()
+	}
+	for reads.Load() < 50 {
+		time.Sleep(10 * time.Millisecond)
+	}
+	pid := cmd.Process.Pid
+	cmd.Process.Signal(unix.SIGKILL)
+	cmd.Wait()
+	before := reads.Load()
+	t.Logf("killed pid %d after %d reads", pid, before)
+	if _, err := os.Stat("/dev/ublkb6"); err != nil {
+		t.Fatalf("device gone after the server died: %v", err)
+	}
+
+	dev := memDev{bytes.NewReader(data)}
+	_, err = Start(Config{ID: 6, Device: dev})
+	var ee *ExistsError
+	if !errors.As(err, &ee) || ee.PID != pid || !ee.Recoverable || ee.Running {
+		t.Errorf("Start without Reattach: %v (%+v)", err, ee)
+	} else {
+		t.Logf("without Reattach: %v", err)
+	}
+	if _, err := Start(Config{ID: 6, Device: memDev{bytes.NewReader(data[:size/2])}, Reattach: true}); err == nil || !strings.Contains(err.Error(), "bytes") {
+		t.Errorf("reattach with a different size: %v", err)
+	} else {
+		t.Logf("different size: %v", err)
+	}
+	if got := reads.Load(); got != before {
+		t.Errorf("%d reads completed with no server", got-before)
+	}
+	d, err := Start(Config{ID: 6, Device: dev, Reattach: true, Logger: logger(t)})
+	if err != nil {
+		close(stop)
+		t.Fatalf("reattach: %v", err)
+	}
+	if !d.Reattached() {
+		t.Error("Reattached() = false")
+	}
+	for reads.Load() < before+200 {
+		select {
+		case err := <-errs:
+			t.Fatal(err)
+		default:
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+	close(stop)
+	wg.Wait()
+	close(errs)
+	for err := range errs {
+		t.Error(err)
+	}
+	t.Logf("%d reads after the reattach", reads.Load()-before)
+	unix.Close(fd) // DEL_DEV waits for the last opener
+	fdOpen = false
+	if err := d.Close(); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := os.Stat("/dev/ublkb6"); err == nil {
+		t.Error("/dev/ublkb6 still exists after Close")
 	}
 }

@@ -24,6 +24,11 @@ var (
 	cmdStopDev     = iocEncode(iocRead|iocWrite, 0x07, ctrlCmdSize) // UBLK_U_CMD_STOP_DEV
 	cmdSetParams   = iocEncode(iocRead|iocWrite, 0x08, ctrlCmdSize) // UBLK_U_CMD_SET_PARAMS
 	cmdGetFeatures = iocEncode(iocRead, 0x13, ctrlCmdSize)          // UBLK_U_CMD_GET_FEATURES
+	cmdGetDevInfo  = iocEncode(iocRead, 0x02, ctrlCmdSize)          // UBLK_U_CMD_GET_DEV_INFO
+	cmdGetParams   = iocEncode(iocRead, 0x09, ctrlCmdSize)          // UBLK_U_CMD_GET_PARAMS
+
+	cmdStartUserRecovery = iocEncode(iocRead|iocWrite, 0x10, ctrlCmdSize) // UBLK_U_CMD_START_USER_RECOVERY
+	cmdEndUserRecovery   = iocEncode(iocRead|iocWrite, 0x11, ctrlCmdSize) // UBLK_U_CMD_END_USER_RECOVERY
 
 	ioFetchReq       = iocEncode(iocRead|iocWrite, 0x20, ioCmdSize) // UBLK_U_IO_FETCH_REQ
 	ioCommitFetchReq = iocEncode(iocRead|iocWrite, 0x21, ioCmdSize) // UBLK_U_IO_COMMIT_AND_FETCH_REQ
@@ -31,8 +36,23 @@ var (
 
 // Feature flags (UBLK_F_*).
 const (
-	featCmdIoctlEncode = 1 << 6 // UBLK_F_CMD_IOCTL_ENCODE
+	featUserRecovery        = 1 << 3 // UBLK_F_USER_RECOVERY: the device outlives its server, I/O waits
+	featUserRecoveryReissue = 1 << 4 // UBLK_F_USER_RECOVERY_REISSUE: requests the dead server held are requeued
+	featCmdIoctlEncode      = 1 << 6 // UBLK_F_CMD_IOCTL_ENCODE
 )
+
+// Device states (UBLK_S_DEV_*), in ublksrv_ctrl_dev_info.state.
+const (
+	stateDead     = 0 // UBLK_S_DEV_DEAD: added, not started, or stopped
+	stateLive     = 1 // UBLK_S_DEV_LIVE: /dev/ublkbN is served
+	stateQuiesced = 2 // UBLK_S_DEV_QUIESCED: the server died, I/O is queued (recovery)
+	stateFailIO   = 3 // UBLK_S_DEV_FAIL_IO (Linux 6.13+, UBLK_F_USER_RECOVERY_FAIL_IO)
+)
+
+// serverTag goes in ublksrv_ctrl_dev_info.ublksrv_flags, which the driver
+// stores and returns without looking at it: it marks devices created by
+// this package, so that a reattach never adopts another program's device.
+const serverTag = 0x6b6c627573666f72 // "rofsublk" little-endian
 
 // I/O ops and results.
 const (

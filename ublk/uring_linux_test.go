@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"os"
 	"path/filepath"
+	"strings"
 	"testing"
 	"unsafe"
 
@@ -22,11 +23,49 @@ func TestUAPILayout(t *testing.T) {
 		{"UBLK_U_CMD_STOP_DEV", cmdStopDev, 0xc0207507},
 		{"UBLK_U_CMD_SET_PARAMS", cmdSetParams, 0xc0207508},
 		{"UBLK_U_CMD_GET_FEATURES", cmdGetFeatures, 0x80207513},
+		{"UBLK_U_CMD_GET_DEV_INFO", cmdGetDevInfo, 0x80207502},
+		{"UBLK_U_CMD_GET_PARAMS", cmdGetParams, 0x80207509},
+		{"UBLK_U_CMD_START_USER_RECOVERY", cmdStartUserRecovery, 0xc0207510},
+		{"UBLK_U_CMD_END_USER_RECOVERY", cmdEndUserRecovery, 0xc0207511},
 		{"UBLK_U_IO_FETCH_REQ", ioFetchReq, 0xc0107520},
 		{"UBLK_U_IO_COMMIT_AND_FETCH_REQ", ioCommitFetchReq, 0xc0107521},
 	} {
 		if c.got != c.want {
 			t.Errorf("%s = %#x, want %#x", c.name, c.got, c.want)
+		}
+	}
+	// Feature bits and states (include/uapi/linux/ublk_cmd.h).
+	for _, c := range []struct {
+		name      string
+		got, want uint64
+	}{
+		{"UBLK_F_USER_RECOVERY", featUserRecovery, 0x08},
+		{"UBLK_F_USER_RECOVERY_REISSUE", featUserRecoveryReissue, 0x10},
+		{"UBLK_F_CMD_IOCTL_ENCODE", featCmdIoctlEncode, 0x40},
+		{"UBLK_S_DEV_DEAD", stateDead, 0},
+		{"UBLK_S_DEV_LIVE", stateLive, 1},
+		{"UBLK_S_DEV_QUIESCED", stateQuiesced, 2},
+		{"UBLK_S_DEV_FAIL_IO", stateFailIO, 3},
+	} {
+		if c.got != c.want {
+			t.Errorf("%s = %#x, want %#x", c.name, c.got, c.want)
+		}
+	}
+	// Offsets in struct ublksrv_ctrl_dev_info that reattach reads.
+	for _, c := range []struct {
+		name      string
+		got, want uintptr
+	}{
+		{"state", unsafe.Offsetof(devInfo{}.State), 4},
+		{"max_io_buf_bytes", unsafe.Offsetof(devInfo{}.MaxIOBufBytes), 8},
+		{"dev_id", unsafe.Offsetof(devInfo{}.DevID), 12},
+		{"ublksrv_pid", unsafe.Offsetof(devInfo{}.UblksrvPID), 16},
+		{"flags", unsafe.Offsetof(devInfo{}.Flags), 24},
+		{"ublksrv_flags", unsafe.Offsetof(devInfo{}.UblksrvFlags), 32},
+		{"ctrl_cmd.data", unsafe.Offsetof(ctrlCmd{}.Data), 16},
+	} {
+		if c.got != c.want {
+			t.Errorf("offsetof(%s) = %d, want %d", c.name, c.got, c.want)
 		}
 	}
 	if s := unsafe.Sizeof(uringParams{}); s != 120 {
@@ -129,6 +168,54 @@ func TestRingRead(t *testing.T) {
 	}
 	if got.UserData != eventfdTag || got.Res != 8 || buf[0] != 3 {
 		t.Fatalf("eventfd cqe %+v, value %d", got, buf[0])
+	}
+}
+
+// TestControlCommandEncoding checks the SQEs the recovery commands become:
+// URING_CMD on the control fd, the ioctl-encoded cmd_op at sqe->cmd_op,
+// and struct ublksrv_ctrl_cmd at sqe->cmd with dev_id, queue_id -1 and
+// the pid in data[0] (END_USER_RECOVERY, like START_DEV).
+func TestControlCommandEncoding(t *testing.T) {
+	sqe := make([]byte, 2*sqeSize)
+	payload := prepUringCmd(sqe, 9, cmdEndUserRecovery, 77)
+	*(*ctrlCmd)(unsafe.Pointer(&payload[0])) = ctrlCmd{DevID: 3, QueueID: 0xffff, Data: 4242}
+	want := map[int]uint64{
+		sqeOpcodeOff:   opUringCmd,
+		sqeFdOff:       9,
+		sqeOffOff:      0xc0207511,
+		sqeUserDataOff: 77,
+	}
+	get := func(off, n int) uint64 {
+		var v uint64
+		for i := n - 1; i >= 0; i-- {
+			v = v<<8 | uint64(sqe[off+i])
+		}
+		return v
+	}
+	sizes := map[int]int{sqeOpcodeOff: 1, sqeFdOff: 4, sqeOffOff: 4, sqeUserDataOff: 8}
+	for off, w := range want {
+		if got := get(off, sizes[off]); got != w {
+			t.Errorf("sqe[%d] = %#x, want %#x", off, got, w)
+		}
+	}
+	if got := get(sqeCmdOff, 4); got != 3 {
+		t.Errorf("dev_id %d", got)
+	}
+	if got := get(sqeCmdOff+4, 2); got != 0xffff {
+		t.Errorf("queue_id %#x", got)
+	}
+	if got := get(sqeCmdOff+16, 8); got != 4242 {
+		t.Errorf("data[0] %d", got)
+	}
+	if s := stateName(stateQuiesced); s != "quiesced" {
+		t.Errorf("stateName(2) = %q", s)
+	}
+	if pidAlive(0) || pidAlive(-1) || !pidAlive(os.Getpid()) {
+		t.Error("pidAlive")
+	}
+	e := &ExistsError{ID: 0, PID: 12, State: "quiesced"}
+	if !strings.Contains(e.Error(), "/dev/ublkb0 exists") {
+		t.Errorf("ExistsError: %q", e.Error())
 	}
 }
 
