@@ -24,6 +24,22 @@
 // outstanding fetches with UBLK_IO_RES_ABORT, and a queue ends when every
 // tag has been aborted.
 //
+// Recovery: devices are created with UBLK_F_USER_RECOVERY and
+// UBLK_F_USER_RECOVERY_REISSUE (Config.NoRecovery turns both off) and
+// ublksrv_flags set to a tag of this package. When the server dies (kill
+// -9), the driver's cancel of each queue's FETCH commands quiesces the
+// disk (UBLK_S_DEV_QUIESCED): requests the server held are requeued
+// (REISSUE; without it they fail with EIO), new ones wait, /dev/ublkbN and
+// whatever is mounted on it stay. Config.Reattach takes such a device
+// over: GET_DEV_INFO (our tag, the recovery flag, quiesced, or live with a
+// dead server pid: wait), GET_PARAMS (read-only, size, logical block
+// size; queues and depth when given), START_USER_RECOVERY (EBUSY until
+// the dead server's /dev/ublkcN is released), new queues with FETCH_REQ
+// on every tag, END_USER_RECOVERY with our pid, which unquiesces the disk.
+// Without Reattach, ADD_DEV of an existing id returns an ExistsError
+// naming the recorded server pid. Until a server reattaches or the device
+// is deleted, I/O to a quiesced device waits indefinitely.
+//
 // io_uring: the package has its own small layer over golang.org/x/sys/unix
 // (uring_linux.go: io_uring_setup, the mmap'd SQ/CQ rings and SQE array,
 // io_uring_enter, three opcodes). The maintained Go io_uring libraries are
