@@ -1,6 +1,7 @@
 package daemon
 
 import (
+	"archive/tar"
 	"bytes"
 	"context"
 	"crypto/sha256"
@@ -8,11 +9,14 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
-
+	"io"
+	"maps"
 	"os"
 	"path/filepath"
+	"slices"
 	"strings"
 	"sync"
+	"time"
 
 	"github.com/erofs-blockd/erofs-blockd/gzran"
 	"github.com/erofs-blockd/erofs-blockd/merge"
@@ -113,10 +117,12 @@ func layerSpec(l ociimage.Layer) string {
 func (d *Daemon) imageBlobs(spec Spec) ([]string, error) {
 	ctx := context.Background()
 	st := d.images()
+	t0 := time.Now()
 	img, err := st.resolver.Resolve(ctx, spec.Image, spec.Platform)
 	if err != nil {
 		return nil, fmt.Errorf("export %q: %w", spec.Name, err)
 	}
+	tResolve := time.Since(t0)
 	for _, l := range img.Layers {
 		if source.IsRemote(l.Spec) {
 			d.op.KnowSize(l.Digest, l.Size)
@@ -130,6 +136,8 @@ func (d *Daemon) imageBlobs(spec Spec) ([]string, error) {
 	for _, l := range img.Layers {
 		blobs = append(blobs, layerSpec(l))
 	}
+	d.log.Info("image resolved", "image", img.Ref.String(), "manifest", img.ManifestDigest, "layers", len(img.Layers),
+		"resolve", tResolve.Round(time.Millisecond), "index", (time.Since(t0) - tResolve).Round(time.Millisecond))
 	return blobs, nil
 }
 
@@ -149,6 +157,7 @@ func (d *Daemon) ImageArtifacts(ctx context.Context, img *ociimage.Image, lookPu
 	if err != nil {
 		d.log.Warn("kept image index unusable; making it again", "image", img.Ref.String(), "err", err)
 	}
+	t0 := time.Now()
 	if art == nil && lookPushed {
 		if art, err = d.fetchPushed(ctx, img, dir); err != nil {
 			d.log.Warn("pushed image index unusable; building one", "image", img.Ref.String(), "err", err)
@@ -161,9 +170,11 @@ func (d *Daemon) ImageArtifacts(ctx context.Context, img *ociimage.Image, lookPu
 			return nil, "", err
 		}
 	}
+	t1 := time.Now()
 	if err := d.adopt(art, dir, img); err != nil {
 		return nil, "", err
 	}
+	d.log.Debug("image index ready", "image", img.Ref.String(), "get", t1.Sub(t0).Round(time.Millisecond), "adopt", time.Since(t1).Round(time.Millisecond))
 	return art, dir, nil
 }
 
@@ -405,18 +416,38 @@ func (d *Daemon) adopt(a *Artifact, dir string, img *ociimage.Image) error {
 	return nil
 }
 
+// bundleName is the one file of a pushed artifact: a tar of
+// artifact.json and every file it lists (one blob: one request to fetch).
+const bundleName = "erofs-blockd-index.tar"
+
 // PushImageArtifacts pushes an image's kept artifacts to its registry.
 func (d *Daemon) PushImageArtifacts(ctx context.Context, img *ociimage.Image, a *Artifact, dir string) (string, error) {
-	files := []ociimage.File{}
+	var buf bytes.Buffer
+	tw := tar.NewWriter(&buf)
+	add := func(name string, data []byte) error {
+		if err := tw.WriteHeader(&tar.Header{Name: name, Mode: 0o644, Size: int64(len(data)), Typeflag: tar.TypeReg, Format: tar.FormatPAX}); err != nil {
+			return err
+		}
+		_, err := tw.Write(data)
+		return err
+	}
 	j, _ := json.Marshal(a)
-	files = append(files, ociimage.File{Name: artifactFile, MediaType: "application/json", Data: j})
-	for name := range a.Files {
+	if err := add(artifactFile, j); err != nil {
+		return "", err
+	}
+	for _, name := range slices.Sorted(maps.Keys(a.Files)) {
 		data, err := os.ReadFile(filepath.Join(dir, name))
 		if err != nil {
 			return "", err
 		}
-		files = append(files, ociimage.File{Name: name, MediaType: "application/octet-stream", Data: data})
+		if err := add(name, data); err != nil {
+			return "", err
+		}
 	}
+	if err := tw.Close(); err != nil {
+		return "", err
+	}
+	files := []ociimage.File{{Name: bundleName, MediaType: "application/vnd.erofs-blockd.index.v1.tar", Data: buf.Bytes()}}
 	return d.images().resolver.PushArtifact(ctx, img, ArtifactType, files)
 }
 
@@ -426,33 +457,31 @@ func (d *Daemon) fetchPushed(ctx context.Context, img *ociimage.Image, dir strin
 		return nil, nil
 	}
 	res := d.images().resolver
+	t0 := time.Now()
 	pa, err := res.FindArtifact(ctx, img, ArtifactType)
 	if err != nil || pa == nil {
 		return nil, err
 	}
-	const maxFile = 1 << 30
-	byName := map[string]ociimage.ArtifactFile{}
-	for _, f := range pa.Files {
-		byName[f.Name] = f
+	tFind := time.Since(t0)
+	defer func() {
+		d.log.Debug("pushed image index fetched", "find", tFind.Round(time.Millisecond), "bundle", (time.Since(t0) - tFind).Round(time.Millisecond))
+	}()
+	var bf *ociimage.ArtifactFile
+	for i := range pa.Files {
+		if pa.Files[i].Name == bundleName {
+			bf = &pa.Files[i]
+		}
 	}
-	af, ok := byName[artifactFile]
-	if !ok {
-		return nil, errors.New("pushed artifact without " + artifactFile)
+	if bf == nil {
+		return nil, errors.New("pushed artifact without " + bundleName)
 	}
-	j, err := res.FetchFile(ctx, af, 16<<20)
+	const maxBundle = 1 << 30
+	tGet := time.Now()
+	data, err := res.FetchFile(ctx, *bf, maxBundle) // digest-checked
 	if err != nil {
 		return nil, err
 	}
-	var a Artifact
-	if err := json.Unmarshal(j, &a); err != nil {
-		return nil, err
-	}
-	if err := a.check(img); err != nil {
-		return nil, err
-	}
-	if a.Chunk != d.op.FetchChunk() {
-		return nil, fmt.Errorf("pushed index has %d-byte chunk digests, this daemon fetches %d-byte chunks", a.Chunk, d.op.FetchChunk())
-	}
+	d.log.Debug("index bundle fetched", "bytes", len(data), "took", time.Since(tGet).Round(time.Millisecond))
 	if err := os.MkdirAll(filepath.Dir(dir), 0o700); err != nil {
 		return nil, err
 	}
@@ -461,42 +490,48 @@ func (d *Daemon) fetchPushed(ctx context.Context, img *ociimage.Image, dir strin
 		return nil, err
 	}
 	defer os.RemoveAll(tmp)
-	// The files in parallel: each is a round trip to the registry.
-	var wg sync.WaitGroup
-	errs := make(chan error, len(a.Files))
-	for name, sum := range a.Files {
-		f, ok := byName[name]
-		if !ok {
-			return nil, fmt.Errorf("pushed artifact lacks %s", name)
+	tr := tar.NewReader(bytes.NewReader(data))
+	seen := map[string]bool{}
+	for {
+		h, err := tr.Next()
+		if err == io.EOF {
+			break
 		}
-		wg.Add(1)
-		go func() {
-			defer wg.Done()
-			data, err := res.FetchFile(ctx, f, maxFile)
-			if err == nil {
-				if h := sha256.Sum256(data); hex.EncodeToString(h[:]) != sum {
-					err = fmt.Errorf("%s: checksum mismatch", name)
-				}
-			}
-			if err == nil {
-				err = os.WriteFile(filepath.Join(tmp, name), data, 0o644)
-			}
-			if err != nil {
-				errs <- err
-			}
-		}()
+		if err != nil {
+			return nil, fmt.Errorf("%s: %w", bundleName, err)
+		}
+		name := h.Name
+		if h.Typeflag != tar.TypeReg || name != filepath.Base(name) || name == "" || strings.HasPrefix(name, ".") || seen[name] || h.Size > maxBundle {
+			return nil, fmt.Errorf("%s: unexpected entry %q", bundleName, name)
+		}
+		seen[name] = true
+		f, err := os.OpenFile(filepath.Join(tmp, name), os.O_CREATE|os.O_EXCL|os.O_WRONLY, 0o644)
+		if err != nil {
+			return nil, err
+		}
+		_, err = io.Copy(f, tr)
+		if err2 := f.Close(); err == nil {
+			err = err2
+		}
+		if err != nil {
+			return nil, err
+		}
 	}
-	wg.Wait()
-	close(errs)
-	if err := <-errs; err != nil {
+	// The same checks as for a kept artifact: it is this image's, and
+	// every file matches its checksum.
+	a, err := readArtifact(tmp, img)
+	if err != nil {
 		return nil, err
 	}
-	if err := os.WriteFile(filepath.Join(tmp, artifactFile), j, 0o644); err != nil {
-		return nil, err
+	if a == nil {
+		return nil, errors.New(bundleName + " without " + artifactFile)
+	}
+	if a.Chunk != d.op.FetchChunk() {
+		return nil, fmt.Errorf("pushed index has %d-byte chunk digests, this daemon fetches %d-byte chunks", a.Chunk, d.op.FetchChunk())
 	}
 	os.RemoveAll(dir)
 	if err := os.Rename(tmp, dir); err != nil {
 		return nil, err
 	}
-	return &a, nil
+	return a, nil
 }

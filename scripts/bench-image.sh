@@ -116,19 +116,24 @@ fetched() { # from-offset -> bytes sent since
 }
 READER=$W/reader.py
 cat >"$READER" <<'EOF'
-# reader.py ROOT: ls -R (a walk with lstat), print the time; then read the
-# working set (paths hashing to 0 mod 10), print the time and bytes.
+# reader.py ROOT T0: ls -R (a walk of the directories), print the time;
+# then stat every file, read the working set, print the time and bytes.
 import hashlib, os, sys, time
 from concurrent.futures import ThreadPoolExecutor
 root, t0 = sys.argv[1], float(sys.argv[2])
-files = []
-for d, ds, fs in os.walk(root):
-    for f in fs:
-        p = os.path.join(d, f)
-        st = os.lstat(p)
-        if os.path.isfile(p) and not os.path.islink(p):
-            files.append((p[len(root):], p, st.st_size))
+# ls -R: directory entries only (d_type from getdents, no stat per file)
+paths = []
+stack = [root]
+while stack:
+    d = stack.pop()
+    with os.scandir(d) as it:
+        for e in it:
+            if e.is_dir(follow_symlinks=False):
+                stack.append(e.path)
+            elif e.is_file(follow_symlinks=False):
+                paths.append(e.path)
 t1 = time.time()
+files = [(p[len(root):], p, os.lstat(p).st_size) for p in paths]
 files.sort()
 total = sum(f[2] for f in files)
 if os.environ.get("WS", "contig") == "scatter":
