@@ -11,6 +11,7 @@ import (
 	"mime"
 	"net/http"
 	"strings"
+	"time"
 )
 
 // MaxManifest caps a manifest or index body (the distribution spec's
@@ -205,11 +206,16 @@ func (o *Opener) FetchBlob(ctx context.Context, host, repo, digest string, max i
 	if !digestRE.MatchString(digest) {
 		return nil, fmt.Errorf("%s: bad digest (want sha256:64 hex)", where)
 	}
+	t0 := time.Now()
 	resp, err := reg.send(ctx, regRequest{method: http.MethodGet, scope: "repository:" + repo + ":pull", where: where,
 		url: fmt.Sprintf("%s://%s/v2/%s/blobs/%s", reg.scheme, host, repo, digest)})
 	if err != nil {
 		return nil, err
 	}
+	t1 := time.Now()
+	defer func() {
+		o.opt.Logger.Debug("blob fetched", "where", where, "headers", t1.Sub(t0), "total", time.Since(t0))
+	}()
 	if resp.StatusCode != http.StatusOK {
 		defer resp.Body.Close()
 		if resp.StatusCode == http.StatusNotFound {
