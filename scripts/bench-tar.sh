@@ -120,8 +120,8 @@ for r in $(seq "$ROUNDS"); do
 		rm -f "$sock"
 		t0=$(date +%s.%N)
 		case $s in
-		eb-gzip) "$EB" serve --listen "unix:$sock" --blob "$W/idx.erofs" --blob "gzip:$W/layer.tar.gz" 2>"$W/serve.err" & ;;
-		eb-tar) "$EB" serve --listen "unix:$sock" --blob "$W/idx.erofs" --blob "$W/layer.tar" 2>"$W/serve.err" & ;;
+		eb-gzip) "$EB" serve --listen "unix:$sock" --blob "$W/idx.erofs" --blob "gzip:$W/layer.tar.gz" &>"$W/serve.err" & ;;
+		eb-tar) "$EB" serve --listen "unix:$sock" --blob "$W/idx.erofs" --blob "$W/layer.tar" &>"$W/serve.err" & ;;
 		nbdkit-gzip) nbdkit -f -r -U "$sock" --filter=gzip file "$W/layer.tar.gz" 2>"$W/serve.err" & ;;
 		esac
 		pid=$!
