@@ -159,11 +159,14 @@ func (d *Daemon) ImageArtifacts(ctx context.Context, img *ociimage.Image, lookPu
 	if err != nil {
 		d.log.Warn("kept image index unusable; making it again", "image", img.Ref.String(), "err", err)
 	}
+	read := dirReader(dir)
 	t0 := time.Now()
 	if art == nil && lookPushed {
-		if art, err = d.fetchPushed(ctx, img, dir); err != nil {
+		var mem fileReader
+		if art, mem, err = d.fetchPushed(ctx, img, dir); err != nil {
 			d.log.Warn("pushed image index unusable; building one", "image", img.Ref.String(), "err", err)
 		} else if art != nil {
+			read = mem
 			d.log.Info("using the pushed image index", "image", img.Ref.String())
 		}
 	}
@@ -173,16 +176,29 @@ func (d *Daemon) ImageArtifacts(ctx context.Context, img *ociimage.Image, lookPu
 		}
 	}
 	t1 := time.Now()
-	if err := d.adopt(art, dir, img); err != nil {
+	if err := d.adopt(art, read, img); err != nil {
 		return nil, "", err
 	}
 	d.log.Debug("image index ready", "image", img.Ref.String(), "get", t1.Sub(t0).Round(time.Millisecond), "adopt", time.Since(t1).Round(time.Millisecond))
 	return art, dir, nil
 }
 
+// fileReader gives an artifact's files by name (from its directory, or
+// from a fetched bundle in memory).
+type fileReader func(name string) ([]byte, error)
+
+func dirReader(dir string) fileReader {
+	return func(name string) ([]byte, error) { return os.ReadFile(filepath.Join(dir, name)) }
+}
+
 // readArtifact loads a kept artifact directory, checking every file.
 func readArtifact(dir string, img *ociimage.Image) (*Artifact, error) {
-	b, err := os.ReadFile(filepath.Join(dir, artifactFile))
+	return checkArtifact(dirReader(dir), img)
+}
+
+// checkArtifact reads artifact.json and checks every file it lists.
+func checkArtifact(read fileReader, img *ociimage.Image) (*Artifact, error) {
+	b, err := read(artifactFile)
 	if errors.Is(err, os.ErrNotExist) {
 		return nil, nil
 	}
@@ -197,7 +213,7 @@ func readArtifact(dir string, img *ociimage.Image) (*Artifact, error) {
 		return nil, err
 	}
 	for name, sum := range a.Files {
-		data, err := os.ReadFile(filepath.Join(dir, name))
+		data, err := read(name)
 		if err != nil {
 			return nil, err
 		}
@@ -363,8 +379,7 @@ func shortDigest(d string) string {
 // adopt hands an artifact's chunk digests and decode indexes to the
 // source opener, so the layers open without a pass and every fetch is
 // checked.
-func (d *Daemon) adopt(a *Artifact, dir string, img *ociimage.Image) error {
-	read := func(name string) ([]byte, error) { return os.ReadFile(filepath.Join(dir, name)) }
+func (d *Daemon) adopt(a *Artifact, read fileReader, img *ociimage.Image) error {
 	for i, l := range a.Layers {
 		il := img.Layers[i]
 		id := "oci:" + l.Digest
@@ -461,15 +476,15 @@ func (d *Daemon) PushImageArtifacts(ctx context.Context, img *ociimage.Image, a 
 }
 
 // fetchPushed looks for a pushed artifact and keeps it in dir.
-func (d *Daemon) fetchPushed(ctx context.Context, img *ociimage.Image, dir string) (*Artifact, error) {
+func (d *Daemon) fetchPushed(ctx context.Context, img *ociimage.Image, dir string) (*Artifact, fileReader, error) {
 	if img.Ref.Transport != ociimage.Registry {
-		return nil, nil
+		return nil, nil, nil
 	}
 	res := d.images().resolver
 	t0 := time.Now()
 	pa, err := res.FindArtifact(ctx, img, ArtifactType)
 	if err != nil || pa == nil {
-		return nil, err
+		return nil, nil, err
 	}
 	tFind := time.Since(t0)
 	defer func() {
@@ -482,70 +497,74 @@ func (d *Daemon) fetchPushed(ctx context.Context, img *ociimage.Image, dir strin
 		}
 	}
 	if bf == nil {
-		return nil, errors.New("pushed artifact without " + bundleName)
+		return nil, nil, errors.New("pushed artifact without " + bundleName)
 	}
 	const maxBundle = 1 << 30
 	tGet := time.Now()
 	data, err := res.FetchFile(ctx, *bf, maxBundle) // digest-checked
 	if err != nil {
-		return nil, err
+		return nil, nil, err
 	}
 	d.log.Debug("index bundle fetched", "bytes", len(data), "took", time.Since(tGet).Round(time.Millisecond))
 	if err := os.MkdirAll(filepath.Dir(dir), 0o700); err != nil {
-		return nil, err
+		return nil, nil, err
 	}
 	tmp, err := os.MkdirTemp(filepath.Dir(dir), ".fetch-")
 	if err != nil {
-		return nil, err
+		return nil, nil, err
 	}
 	defer os.RemoveAll(tmp)
 	zr, err := zstd.NewReader(bytes.NewReader(data), zstd.WithDecoderMaxMemory(maxBundle), zstd.WithDecoderConcurrency(1))
 	if err != nil {
-		return nil, err
+		return nil, nil, err
 	}
 	defer zr.Close()
 	tr := tar.NewReader(io.LimitReader(zr, 4*maxBundle))
 	seen := map[string]bool{}
+	files := map[string][]byte{}
 	for {
 		h, err := tr.Next()
 		if err == io.EOF {
 			break
 		}
 		if err != nil {
-			return nil, fmt.Errorf("%s: %w", bundleName, err)
+			return nil, nil, fmt.Errorf("%s: %w", bundleName, err)
 		}
 		name := h.Name
 		if h.Typeflag != tar.TypeReg || name != filepath.Base(name) || name == "" || strings.HasPrefix(name, ".") || seen[name] || h.Size > maxBundle {
-			return nil, fmt.Errorf("%s: unexpected entry %q", bundleName, name)
+			return nil, nil, fmt.Errorf("%s: unexpected entry %q", bundleName, name)
 		}
 		seen[name] = true
-		f, err := os.OpenFile(filepath.Join(tmp, name), os.O_CREATE|os.O_EXCL|os.O_WRONLY, 0o644)
+		b, err := io.ReadAll(io.LimitReader(tr, maxBundle))
 		if err != nil {
-			return nil, err
+			return nil, nil, fmt.Errorf("%s: %w", bundleName, err)
 		}
-		_, err = io.Copy(f, tr)
-		if err2 := f.Close(); err == nil {
-			err = err2
-		}
-		if err != nil {
-			return nil, err
+		files[name] = b
+		if err := os.WriteFile(filepath.Join(tmp, name), b, 0o644); err != nil {
+			return nil, nil, err
 		}
 	}
 	// The same checks as for a kept artifact: it is this image's, and
-	// every file matches its checksum.
-	a, err := readArtifact(tmp, img)
-	if err != nil {
-		return nil, err
+	// every file matches its checksum (in memory: no reading back).
+	mem := func(name string) ([]byte, error) {
+		if b, ok := files[name]; ok {
+			return b, nil
+		}
+		return nil, fmt.Errorf("%s: no file %q", bundleName, name)
 	}
-	if a == nil {
-		return nil, errors.New(bundleName + " without " + artifactFile)
+	a, err := checkArtifact(mem, img)
+	if err != nil {
+		return nil, nil, err
+	}
+	if a == nil || len(files) != len(a.Files)+1 {
+		return nil, nil, errors.New(bundleName + ": not artifact.json and exactly the files it lists")
 	}
 	if a.Chunk != d.op.FetchChunk() {
-		return nil, fmt.Errorf("pushed index has %d-byte chunk digests, this daemon fetches %d-byte chunks", a.Chunk, d.op.FetchChunk())
+		return nil, nil, fmt.Errorf("pushed index has %d-byte chunk digests, this daemon fetches %d-byte chunks", a.Chunk, d.op.FetchChunk())
 	}
 	os.RemoveAll(dir)
 	if err := os.Rename(tmp, dir); err != nil {
-		return nil, err
+		return nil, nil, err
 	}
-	return a, nil
+	return a, mem, nil
 }
