@@ -13,6 +13,7 @@ import (
 	"os"
 	"path/filepath"
 	"strings"
+	"sync/atomic"
 
 	"github.com/erofs-blockd/erofs-blockd/gzran"
 	"github.com/erofs-blockd/erofs-blockd/zstdseek"
@@ -98,6 +99,11 @@ func (d *decoded) Close() error {
 	if d.spill != nil {
 		d.spill.Close()
 	}
+	if sg, ok := d.r.(*spillingGzip); ok {
+		if f := sg.file.Load(); f != nil {
+			f.Close()
+		}
+	}
 	return d.inner.Close()
 }
 
@@ -156,8 +162,66 @@ func (o *Opener) openGzip(d *decoded, zinfo string) error {
 	if err != nil {
 		return err
 	}
-	d.r, d.size = r, r.Size()
+	d.r, d.size = &spillingGzip{o: o, gz: r, src: d.inner, size: r.Size()}, r.Size()
 	return nil
+}
+
+// spillingGzip serves a gzip blob through its checkpoint index, and once
+// its reads have made it decode more than spillFactor times the blob's
+// uncompressed size (random reads all over a layer larger than the span
+// cache), decodes the whole stream once into a file in the background
+// and serves from that: what nbdkit's gzip filter does up front, done
+// here only when the access pattern calls for it.
+type spillingGzip struct {
+	o    *Opener
+	gz   *gzran.Reader
+	src  Blob
+	size int64
+
+	started atomic.Bool
+	file    atomic.Pointer[os.File]
+}
+
+const spillFactor = 2
+
+func (s *spillingGzip) ReadAt(p []byte, off int64) (int, error) {
+	if f := s.file.Load(); f != nil {
+		n, err := f.ReadAt(p, off)
+		if err == nil && n < len(p) {
+			err = io.EOF
+		}
+		return n, err
+	}
+	n, err := s.gz.ReadAt(p, off)
+	if !s.started.Load() && s.gz.Stats().BytesDecoded > spillFactor*s.size && s.started.CompareAndSwap(false, true) {
+		go s.spill()
+	}
+	return n, err
+}
+
+func (s *spillingGzip) spill() {
+	f, err := os.CreateTemp(s.o.opt.IndexDir, ".gzip-decoded-*")
+	if err != nil {
+		s.o.opt.Logger.Warn("cannot decode a gzip blob whole (random reads stay slower)", "source", s.src.Name(), "err", err)
+		return
+	}
+	os.Remove(f.Name())
+	r, dc := pass(s.src)
+	b := gzran.NewBuilder(r, 1<<62)
+	n, err := io.Copy(f, b)
+	if err == nil {
+		err = dc.check()
+	}
+	if err == nil && n != s.size {
+		err = fmt.Errorf("decoded %d bytes, the index says %d", n, s.size)
+	}
+	if err != nil {
+		f.Close()
+		s.o.opt.Logger.Warn("decoding a gzip blob whole failed; serving it through its index", "source", s.src.Name(), "err", err)
+		return
+	}
+	s.o.opt.Logger.Info("random reads all over a gzip blob: decoded it whole into a file", "source", s.src.Name(), "bytes", n)
+	s.file.Store(f)
 }
 
 func (o *Opener) openZstd(d *decoded) error {
