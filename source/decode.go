@@ -9,6 +9,7 @@ import (
 	"errors"
 	"fmt"
 	"hash"
+	"hash/crc32"
 	"io"
 	"os"
 	"path/filepath"
@@ -162,7 +163,7 @@ func (o *Opener) openGzip(d *decoded, zinfo string) error {
 	if err != nil {
 		return err
 	}
-	d.r, d.size = &spillingGzip{o: o, gz: r, src: d.inner, size: r.Size()}, r.Size()
+	d.r, d.size = &spillingGzip{o: o, gz: r, ix: ix, src: d.inner, size: r.Size()}, r.Size()
 	return nil
 }
 
@@ -175,14 +176,17 @@ func (o *Opener) openGzip(d *decoded, zinfo string) error {
 type spillingGzip struct {
 	o    *Opener
 	gz   *gzran.Reader
+	ix   *gzran.Index // its SpanCRC vouches for the partial file, span by span
 	src  Blob
 	size int64
 
 	started atomic.Bool
-	file    atomic.Pointer[os.File]
+	file    atomic.Pointer[os.File] // complete
+	partial atomic.Pointer[os.File] // being written: [0, written) is there and checked
+	written atomic.Int64            // end of the last span whose CRC32C matched
 }
 
-const spillFactor = 2
+const spillFactor = 1
 
 func (s *spillingGzip) ReadAt(p []byte, off int64) (int, error) {
 	if f := s.file.Load(); f != nil {
@@ -191,6 +195,13 @@ func (s *spillingGzip) ReadAt(p []byte, off int64) (int, error) {
 			err = io.EOF
 		}
 		return n, err
+	}
+	if f := s.partial.Load(); f != nil && off >= 0 && off+int64(len(p)) <= s.written.Load() {
+		if n, err := f.ReadAt(p, off); n == len(p) {
+			return n, nil
+		} else if err != nil && err != io.EOF {
+			return n, err
+		}
 	}
 	n, err := s.gz.ReadAt(p, off)
 	if !s.started.Load() && s.gz.Stats().BytesDecoded > spillFactor*s.size && s.started.CompareAndSwap(false, true) {
@@ -206,9 +217,10 @@ func (s *spillingGzip) spill() {
 		return
 	}
 	os.Remove(f.Name())
+	s.partial.Store(f)
 	r, dc := pass(s.src)
 	b := gzran.NewBuilder(r, 1<<62)
-	n, err := io.Copy(f, b)
+	n, err := io.Copy(&spanWriter{w: f, ix: s.ix, ok: &s.written}, b)
 	if err == nil {
 		err = dc.check()
 	}
@@ -216,7 +228,10 @@ func (s *spillingGzip) spill() {
 		err = fmt.Errorf("decoded %d bytes, the index says %d", n, s.size)
 	}
 	if err != nil {
-		f.Close()
+		// Bytes already served from the partial file came from a stream
+		// that failed later: the index's reads check spans by CRC, the
+		// stream's members by their trailers; stop using the file.
+		s.partial.Store(nil)
 		s.o.opt.Logger.Warn("decoding a gzip blob whole failed; serving it through its index", "source", s.src.Name(), "err", err)
 		return
 	}
@@ -365,6 +380,47 @@ func (o *Opener) decodeWhole(b Blob, ix *zstdseek.Index) (*os.File, error) {
 	}
 	return spill, nil
 }
+
+// spanWriter writes the decoded stream and moves ok to the end of each
+// span whose CRC32C matches the index (no SpanCRC: ok stays 0, and the
+// file is used only once complete).
+type spanWriter struct {
+	w    io.Writer
+	ix   *gzran.Index
+	ok   *atomic.Int64
+	n    int64
+	span int
+	crc  uint32
+}
+
+func (c *spanWriter) Write(p []byte) (int, error) {
+	k, err := c.w.Write(p)
+	if c.ix == nil || len(c.ix.SpanCRC) != len(c.ix.Points) {
+		return k, err
+	}
+	q := p[:k]
+	for len(q) > 0 && c.span < len(c.ix.Points) {
+		end := c.ix.Size
+		if c.span+1 < len(c.ix.Points) {
+			end = c.ix.Points[c.span+1].Out
+		}
+		m := min(int64(len(q)), end-c.n)
+		c.crc = crc32.Update(c.crc, castagnoli, q[:m])
+		c.n += m
+		q = q[m:]
+		if c.n == end {
+			if c.crc != c.ix.SpanCRC[c.span] {
+				return k, fmt.Errorf("decoded span %d (bytes %d-%d) does not match its CRC32C", c.span, c.ix.Points[c.span].Out, end-1)
+			}
+			c.ok.Store(end)
+			c.span++
+			c.crc = 0
+		}
+	}
+	return k, err
+}
+
+var castagnoli = crc32.MakeTable(crc32.Castagnoli)
 
 // Index persistence.
 
