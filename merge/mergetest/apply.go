@@ -20,8 +20,33 @@ func Apply(dst, layer string) error {
 	return a.dir(dst, layer)
 }
 
+// ApplyKeepTimes is Apply that also keeps mtimes (a directory present in
+// both takes the upper one's metadata), as tar extraction does.
+func ApplyKeepTimes(dst, layer string) error {
+	a := &applier{links: map[[2]uint64]string{}, keepTimes: true}
+	return a.dir(dst, layer)
+}
+
 type applier struct {
-	links map[[2]uint64]string // layer (dev, ino) -> first dst path
+	links     map[[2]uint64]string // layer (dev, ino) -> first dst path
+	keepTimes bool
+}
+
+// meta copies metadata (copyMeta) and, with keepTimes, the mtime.
+func (a *applier) meta(d, s string, st *unix.Stat_t, skip string) error {
+	if st == nil {
+		st = &unix.Stat_t{}
+		if err := unix.Lstat(s, st); err != nil {
+			return err
+		}
+	}
+	if err := copyMeta(d, s, st, skip); err != nil {
+		return err
+	}
+	if !a.keepTimes {
+		return nil
+	}
+	return unix.UtimesNanoAt(unix.AT_FDCWD, d, []unix.Timespec{st.Mtim, st.Mtim}, unix.AT_SYMLINK_NOFOLLOW)
 }
 
 func isWhiteoutDev(st *unix.Stat_t) bool {
@@ -101,7 +126,7 @@ func (a *applier) dir(dst, src string) error {
 			return err
 		}
 	}
-	return copyMeta(dst, src, nil, "trusted.overlay.opaque")
+	return a.meta(dst, src, nil, "trusted.overlay.opaque")
 }
 
 func (a *applier) leaf(d, s string, st *unix.Stat_t) error {
@@ -143,7 +168,7 @@ func (a *applier) leaf(d, s string, st *unix.Stat_t) error {
 	default:
 		return fmt.Errorf("%s: unexpected mode %o", s, st.Mode)
 	}
-	return copyMeta(d, s, st, "")
+	return a.meta(d, s, st, "")
 }
 
 // copyMeta copies owner, mode and xattrs (replacing dst's xattrs), except
