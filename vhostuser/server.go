@@ -66,9 +66,9 @@ func New(cfg Config) (*Server, error) {
 	return &Server{cfg: cfg, log: cfg.Logger, blk: &blkServer{dev: cfg.Device, serial: []byte(cfg.Serial)}}, nil
 }
 
-// Serve accepts front-ends on l one after another until ctx is done or l
-// is closed. It returns nil when ctx ends.
-func (s *Server) Serve(ctx context.Context, l *net.UnixListener) error {
+// Serve accepts front-ends on l (a unix listener) one after another until
+// ctx is done or l is closed. It returns nil when ctx ends.
+func (s *Server) Serve(ctx context.Context, l net.Listener) error {
 	stop := context.AfterFunc(ctx, func() {
 		l.Close()
 		s.mu.Lock()
@@ -79,12 +79,17 @@ func (s *Server) Serve(ctx context.Context, l *net.UnixListener) error {
 	})
 	defer stop()
 	for {
-		c, err := l.AcceptUnix()
+		nc, err := l.Accept()
 		if err != nil {
 			if ctx.Err() != nil {
 				return nil
 			}
 			return err
+		}
+		c, ok := nc.(*net.UnixConn)
+		if !ok {
+			nc.Close()
+			return fmt.Errorf("vhostuser: %T is not a unix socket", nc)
 		}
 		s.mu.Lock()
 		s.conn = c

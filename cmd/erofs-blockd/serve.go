@@ -53,6 +53,7 @@ func runServe(args []string, stdout, stderr io.Writer) int {
 	sec.register(fs)
 	ef.register(fs)
 	uf := registerUblkFlags(fs)
+	vf := registerVhostFlags(fs)
 	flagUsage := fs.Usage
 	fs.Usage = func() { flagUsage(); fmt.Fprint(stderr, activationHelp) }
 	if code, ok := parse(fs, args); !ok {
@@ -124,7 +125,7 @@ func runServe(args []string, stdout, stderr io.Writer) int {
 		fmt.Fprintln(stderr, "erofs-blockd serve:", err)
 		return exitUnusable
 	}
-	if len(*listens) == 0 && len(nbdActivated) == 0 && device == "" && !uf.enabled() {
+	if len(*listens) == 0 && len(nbdActivated) == 0 && device == "" && !uf.enabled() && !vf.enabled() {
 		fmt.Fprintln(stderr, "erofs-blockd serve: nothing to serve on: give --listen unix:PATH / tcp:HOST:PORT (or activated sockets) and/or a /dev/nbdX device and/or --ublk")
 		return exitUnusable
 	}
@@ -157,7 +158,7 @@ func runServe(args []string, stdout, stderr io.Writer) int {
 		specs = append([]daemon.Spec{{Name: *name, Image: *imageRef, Platform: *platform, Domain: ef.domain}}, specs...)
 		err = daemon.CheckSpecs(specs)
 	}
-	if err == nil && len(specs) == 0 && (device != "" || uf.enabled()) {
+	if err == nil && len(specs) == 0 && (device != "" || uf.enabled() || vf.enabled()) {
 		err = errors.New("a /dev/nbdX or ublk device needs an export at start (--blob, --image, --export or --config)")
 	}
 	if err != nil {
@@ -188,7 +189,7 @@ func runServe(args []string, stdout, stderr io.Writer) int {
 	if len(exports) > 0 {
 		dev, paths = exports[0].Flat, exports[0].Spec.Blobs
 		*name = exports[0].Spec.Name
-		if device != "" || uf.enabled() {
+		if device != "" || uf.enabled() || vf.enabled() {
 			dmn.Pin(*name, "attached to a kernel device")
 		}
 	}
@@ -342,6 +343,15 @@ func runServe(args []string, stdout, stderr io.Writer) int {
 		}
 	}
 
+	if vf.enabled() { // (exports[0] exists then)
+		if err := vf.start(exports[0].Dev, *blockSize, uint32(dev.Superblock().BlockSize()), stdout, log); err != nil {
+			fmt.Fprintln(stderr, "erofs-blockd serve:", err)
+			uf.close(log)
+			shutdown(srv, listeners, kdev, log)
+			return exitUnusable
+		}
+	}
+
 	code := exitOK
 	select {
 	case <-ctx.Done():
@@ -353,6 +363,9 @@ func runServe(args []string, stdout, stderr io.Writer) int {
 	stop()
 	stopAPI()
 	if err := uf.close(log); err != nil {
+		code = exitUnusable
+	}
+	if err := vf.close(log); err != nil {
 		code = exitUnusable
 	}
 	if err := shutdown(srv, listeners, kdev, log); err != nil {
