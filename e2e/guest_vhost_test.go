@@ -219,4 +219,9 @@ echo ALL-OK
 			t.Log(strings.TrimSpace(l))
 		}
 	}
+	for _, l := range strings.Split(second.stderr.String(), "\n") {
+		if strings.Contains(l, "front-end") || strings.Contains(l, "ring") {
+			t.Log("second server:", strings.TrimSpace(l))
+		}
+	}
 }
