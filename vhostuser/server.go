@@ -483,11 +483,11 @@ func (st *connState) maybeStart(q *queue) error {
 	}
 	q.ring, q.stopFD, q.done, q.running = ring, efd, make(chan struct{}), true
 	w := &worker{mem: st.mem, ring: ring, kick: q.kick, call: q.call, stop: efd, blk: st.s.blk, log: st.s.log.With("queue", q.index)}
+	st.s.log.Debug("vhost-user ring started", "queue", q.index, "size", q.num, "base", ring.lastAvail)
 	go func() {
 		defer close(q.done)
 		w.run()
 	}()
-	st.s.log.Debug("vhost-user ring started", "queue", q.index, "size", q.num, "base", ring.lastAvail)
 	return nil
 }
 

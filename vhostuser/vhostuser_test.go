@@ -2,6 +2,7 @@ package vhostuser
 
 import (
 	"bytes"
+	"context"
 	"encoding/binary"
 	"errors"
 	"log/slog"
@@ -38,6 +39,7 @@ type frontend struct {
 	desc, avail, used uint64
 	availIdx          uint16
 	usedSeen          uint16
+	base              uint16
 	done              chan error
 }
 
@@ -185,7 +187,10 @@ func (f *frontend) setup(eventIdx bool) {
 	binary.LittleEndian.PutUint64(a[16:], f.uva+f.used)
 	binary.LittleEndian.PutUint64(a[24:], f.uva+f.avail)
 	f.ackd(reqSetVringAddr, a)
-	f.ackd(reqSetVringBase, state(0, 0))
+	// A resumed ring (reconnection): used and avail indexes at f.base.
+	binary.LittleEndian.PutUint16(f.mem[f.used+2:], f.base)
+	f.availIdx, f.usedSeen = f.base, f.base
+	f.ackd(reqSetVringBase, state(0, uint32(f.base)))
 	f.kick, _ = unix.Eventfd(0, unix.EFD_CLOEXEC)
 	f.call, _ = unix.Eventfd(0, unix.EFD_CLOEXEC)
 	t.Cleanup(func() { unix.Close(f.kick); unix.Close(f.call) })
@@ -382,5 +387,49 @@ func TestMalformedMessagesClose(t *testing.T) {
 			}
 			f.done <- nil
 		})
+	}
+}
+
+// Serve accepts front-ends one after another: a second one resuming the
+// ring at a non-zero base (as QEMU does after reconnecting) is served.
+func TestServeReconnect(t *testing.T) {
+	dev := testDevice()
+	sock := t.TempDir() + "/vh.sock"
+	l, err := net.Listen("unix", sock)
+	if err != nil {
+		t.Fatal(err)
+	}
+	s, err := New(Config{Device: dev, Queues: 1})
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	served := make(chan error, 1)
+	go func() { served <- s.Serve(ctx, l) }()
+	for i, base := range []uint16{0, 5, 65534} {
+		c, err := net.Dial("unix", sock)
+		if err != nil {
+			t.Fatal(err)
+		}
+		f := &frontend{t: t, c: c.(*net.UnixConn), gpa: testGPA, uva: testUVA, num: 8, base: base}
+		f.setup(i%2 == 0)
+		for r := 0; r < 4; r++ { // crosses the 16-bit wrap for base 65534
+			f.header(blkTIn, uint64(r))
+			f.putDesc(f.desc, 0, f.gpa+hdrOff, 16, descNext, 1)
+			f.putDesc(f.desc, 1, f.gpa+dataOff, 512, descNext|descWrite, 2)
+			f.putDesc(f.desc, 2, f.gpa+statOff, 1, descWrite, 0)
+			if _, n := f.submit(0); n != 513 || f.mem[statOff] != blkSOK || !bytes.Equal(f.mem[dataOff:dataOff+512], dev[r*512:r*512+512]) {
+				t.Fatalf("front-end %d request %d: len %d status %d", i, r, n, f.mem[statOff])
+			}
+		}
+		f.send(reqGetVringBase, 0, state(0, 0))
+		if b := f.recv(reqGetVringBase); binary.LittleEndian.Uint32(b[4:]) != uint32(base+4) {
+			t.Fatalf("base %d want %d", binary.LittleEndian.Uint32(b[4:]), base+4)
+		}
+		c.Close()
+	}
+	cancel()
+	if err := <-served; err != nil {
+		t.Fatal(err)
 	}
 }
