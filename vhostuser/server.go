@@ -8,6 +8,7 @@ import (
 	"io"
 	"log/slog"
 	"net"
+	"runtime/debug"
 	"sync"
 
 	"golang.org/x/sys/unix"
@@ -470,7 +471,9 @@ func (st *connState) maybeStart(q *queue) error {
 		return fmt.Errorf("queue %d: %v", q.index, err)
 	}
 	ring.lastAvail = q.base
-	ring.usedIdx = le16(ring.used[2:])
+	if ring.usedIdx, err = loadUsedIdx(ring); err != nil {
+		return fmt.Errorf("queue %d: %v", q.index, err)
+	}
 	if ring.usedIdx != q.base {
 		// Requests taken by a previous back-end and never completed:
 		// start again from the used index (reads are idempotent).
@@ -531,6 +534,16 @@ type worker struct {
 }
 
 func (w *worker) run() {
+	// Guest memory is a shared mapping the front-end could shrink
+	// (ftruncate): a fault while touching it is turned into a panic here,
+	// which stops this ring instead of the process.
+	debug.SetPanicOnFault(true)
+	defer func() {
+		if r := recover(); r != nil {
+			w.log.Warn("vhost-user ring stopped: fault in guest memory", "err", r)
+			w.waitStop([]unix.PollFd{{Fd: int32(w.stop), Events: unix.POLLIN}})
+		}
+	}()
 	pfd := []unix.PollFd{{Fd: int32(w.kick), Events: unix.POLLIN}, {Fd: int32(w.stop), Events: unix.POLLIN}}
 	var buf [8]byte
 	var c chain
@@ -609,4 +622,17 @@ func (w *worker) drain(c *chain) error {
 			unix.Write(w.call, u64Bytes(1))
 		}
 	}
+}
+
+// loadUsedIdx reads the used index the driver left, a fault (shrunk
+// memory) being an error.
+func loadUsedIdx(v *vring) (idx uint16, err error) {
+	old := debug.SetPanicOnFault(true)
+	defer func() {
+		debug.SetPanicOnFault(old)
+		if r := recover(); r != nil {
+			err = fmt.Errorf("fault reading the used ring: %v", r)
+		}
+	}()
+	return le16(v.used[2:]), nil
 }

@@ -40,6 +40,7 @@ type frontend struct {
 	availIdx          uint16
 	usedSeen          uint16
 	base              uint16
+	memfd             int
 	done              chan error
 }
 
@@ -178,7 +179,8 @@ func (f *frontend) setup(eventIdx bool) {
 	binary.LittleEndian.PutUint64(mt[16:], testMem)
 	binary.LittleEndian.PutUint64(mt[24:], f.uva)
 	f.ackd(reqSetMemTable, mt, mfd)
-	unix.Close(mfd)
+	f.memfd = mfd
+	t.Cleanup(func() { unix.Close(mfd) })
 
 	f.desc, f.avail, f.used = 0, 16*uint64(f.num), 4096
 	f.ackd(reqSetVringNum, state(0, uint32(f.num)))
@@ -431,5 +433,26 @@ func TestServeReconnect(t *testing.T) {
 	cancel()
 	if err := <-served; err != nil {
 		t.Fatal(err)
+	}
+}
+
+// A front-end shrinking the shared memory under a running ring: the
+// worker's fault stops that ring, not the process.
+func TestShrunkMemoryStopsRing(t *testing.T) {
+	f := newFrontend(t, testDevice(), 1)
+	f.setup(false)
+	f.header(blkTIn, 0)
+	f.putDesc(f.desc, 0, f.gpa+hdrOff, 16, descNext, 1)
+	f.putDesc(f.desc, 1, f.gpa+dataOff, 4096, descNext|descWrite, 2)
+	f.putDesc(f.desc, 2, f.gpa+statOff, 1, descWrite, 0)
+	binary.LittleEndian.PutUint16(f.mem[f.avail+4:], 0)
+	binary.LittleEndian.PutUint16(f.mem[f.avail+2:], 1)
+	if err := unix.Ftruncate(f.memfd, 0); err != nil {
+		t.Fatal(err)
+	}
+	unix.Write(f.kick, u64Bytes(1))
+	f.send(reqGetVringBase, 0, state(0, 0)) // answered once the worker stopped
+	if b := f.recv(reqGetVringBase); binary.LittleEndian.Uint32(b[4:]) != 0 {
+		t.Fatalf("base %d after a fault", binary.LittleEndian.Uint32(b[4:]))
 	}
 }
