@@ -191,6 +191,7 @@ func (f *frontend) setup(eventIdx bool) {
 	f.ackd(reqSetVringAddr, a)
 	// A resumed ring (reconnection): used and avail indexes at f.base.
 	binary.LittleEndian.PutUint16(f.mem[f.used+2:], f.base)
+	binary.LittleEndian.PutUint16(f.mem[f.avail+2:], f.base)
 	f.availIdx, f.usedSeen = f.base, f.base
 	f.ackd(reqSetVringBase, state(0, uint32(f.base)))
 	f.kick, _ = unix.Eventfd(0, unix.EFD_CLOEXEC)
@@ -401,7 +402,7 @@ func TestServeReconnect(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	s, err := New(Config{Device: dev, Queues: 1})
+	s, err := New(Config{Device: dev, Queues: 1, Logger: slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: slog.LevelWarn}))})
 	if err != nil {
 		t.Fatal(err)
 	}
