@@ -13,8 +13,12 @@
 # virtio disk. TCG figures are only comparable with each other, and only on
 # an otherwise idle host.
 #
+# BENCH=vhost instead runs the same fio against two vhost-user-blk disks:
+# erofs-blockd's own back-end (serve --vhost-user-blk) and qemu-storage-daemon
+# exporting erofs-blockd's NBD socket (ORDER="own qsd own qsd" by default).
+#
 # Usage: scripts/bench-guest.sh
-#   env: RUNTIME=10 (seconds per run), ENGINE=libaio|io_uring
+#   env: RUNTIME=10 (seconds per run), ENGINE=libaio|io_uring, BENCH=nbd|vhost
 # Needs: scripts/vm/kernel.sh (guest kernel) and the fio package.
 set -euo pipefail
 ROOT=$(cd "$(dirname "$0")/.." && pwd)
@@ -29,10 +33,16 @@ export EROFS_BLOCKD_BENCH_ENGINE=${ENGINE:-libaio}
 log=$(mktemp /tmp/bench-guest.XXXXXX)
 trap 'rm -f "$log"' EXIT
 rc=0
-go test -count=1 -timeout 20m -v -run '^TestGuestBenchFio$' ./e2e >"$log" 2>&1 || rc=$?
+test=TestGuestBenchFio file=guest_bench_test.go
+if [ "${BENCH:-nbd}" = vhost ]; then
+	test=TestGuestBenchVhost file=guest_bench_vhost_test.go
+	command -v qemu-storage-daemon >/dev/null || { echo "missing qemu-storage-daemon (apt-get install qemu-system-x86)" >&2; exit 2; }
+	[ -n "${ORDER:-}" ] && export EROFS_BLOCKD_BENCH_ORDER=$ORDER
+fi
+go test -count=1 -timeout 20m -v -run "^$test\$" ./e2e >"$log" 2>&1 || rc=$?
 if [ "$rc" != 0 ]; then
 	tail -n 80 "$log"
 	exit "$rc"
 fi
 # The test's own log lines (the console copy repeats them).
-grep -E 'guest_bench_test.go:[0-9]+: (FIO-|read: IOPS=)' "$log" | sed 's/^ *guest_bench_test.go:[0-9]*: //'
+grep -E "$file:[0-9]+: (FIO-|read: IOPS=)" "$log" | sed "s/^ *$file:[0-9]*: //"
