@@ -120,8 +120,26 @@ func (d *Daemon) imageBlobs(spec Spec) ([]string, error) {
 	ctx := context.Background()
 	st := d.images()
 	t0 := time.Now()
-	img, err := st.resolver.Resolve(ctx, spec.Image, spec.Platform)
+	// As soon as the manifest is known, look for a pushed index while
+	// the config is fetched (unless one is kept here already).
+	var early chan found
+	img, err := st.resolver.ResolveNotify(ctx, spec.Image, spec.Platform, func(im ociimage.Image) {
+		if im.Ref.Transport != ociimage.Registry {
+			return
+		}
+		if dir, err := d.imageDir(im.ManifestDigest); err != nil || fileExists(filepath.Join(dir, artifactFile)) {
+			return
+		}
+		early = make(chan found, 1)
+		go func() {
+			a, err := st.resolver.FindArtifact(ctx, &im, ArtifactType)
+			early <- found{a, err}
+		}()
+	})
 	if err != nil {
+		if early != nil {
+			<-early
+		}
 		return nil, fmt.Errorf("export %q: %w", spec.Name, err)
 	}
 	tResolve := time.Since(t0)
@@ -130,7 +148,7 @@ func (d *Daemon) imageBlobs(spec Spec) ([]string, error) {
 			d.op.KnowSize(l.Digest, l.Size)
 		}
 	}
-	art, dir, err := d.ImageArtifacts(ctx, img, true)
+	art, dir, err := d.imageArtifacts(ctx, img, true, early)
 	if err != nil {
 		return nil, fmt.Errorf("export %q: image %s: %w", spec.Name, spec.Image, err)
 	}
@@ -148,6 +166,32 @@ func (d *Daemon) imageBlobs(spec Spec) ([]string, error) {
 // once; they are adopted (chunk digests and decode indexes handed to the
 // source opener) and kept.
 func (d *Daemon) ImageArtifacts(ctx context.Context, img *ociimage.Image, lookPushed bool) (*Artifact, string, error) {
+	return d.imageArtifacts(ctx, img, lookPushed, nil)
+}
+
+// found is a FindArtifact result.
+type found struct {
+	a   *ociimage.Artifact
+	err error
+}
+
+func fileExists(p string) bool {
+	_, err := os.Stat(p)
+	return err == nil
+}
+
+// imageArtifacts is ImageArtifacts; early, when not nil, gives the result
+// of a FindArtifact started during resolution (always received).
+func (d *Daemon) imageArtifacts(ctx context.Context, img *ociimage.Image, lookPushed bool, early <-chan found) (*Artifact, string, error) {
+	var got *found
+	take := func() *found {
+		if got == nil && early != nil {
+			f := <-early
+			got = &f
+		}
+		return got
+	}
+	defer take()
 	st := d.images()
 	st.mu.Lock()
 	defer st.mu.Unlock()
@@ -163,7 +207,7 @@ func (d *Daemon) ImageArtifacts(ctx context.Context, img *ociimage.Image, lookPu
 	t0 := time.Now()
 	if art == nil && lookPushed {
 		var mem fileReader
-		if art, mem, err = d.fetchPushed(ctx, img, dir); err != nil {
+		if art, mem, err = d.fetchPushed(ctx, img, dir, take()); err != nil {
 			d.log.Warn("pushed image index unusable; building one", "image", img.Ref.String(), "err", err)
 		} else if art != nil {
 			read = mem
@@ -476,13 +520,19 @@ func (d *Daemon) PushImageArtifacts(ctx context.Context, img *ociimage.Image, a 
 }
 
 // fetchPushed looks for a pushed artifact and keeps it in dir.
-func (d *Daemon) fetchPushed(ctx context.Context, img *ociimage.Image, dir string) (*Artifact, fileReader, error) {
+func (d *Daemon) fetchPushed(ctx context.Context, img *ociimage.Image, dir string, early *found) (*Artifact, fileReader, error) {
 	if img.Ref.Transport != ociimage.Registry {
 		return nil, nil, nil
 	}
 	res := d.images().resolver
 	t0 := time.Now()
-	pa, err := res.FindArtifact(ctx, img, ArtifactType)
+	var pa *ociimage.Artifact
+	var err error
+	if early != nil {
+		pa, err = early.a, early.err
+	} else {
+		pa, err = res.FindArtifact(ctx, img, ArtifactType)
+	}
 	if err != nil || pa == nil {
 		return nil, nil, err
 	}
@@ -514,12 +564,18 @@ func (d *Daemon) fetchPushed(ctx context.Context, img *ociimage.Image, dir strin
 		return nil, nil, err
 	}
 	defer os.RemoveAll(tmp)
-	zr, err := zstd.NewReader(bytes.NewReader(data), zstd.WithDecoderMaxMemory(maxBundle), zstd.WithDecoderConcurrency(1))
+	// One DecodeAll into memory: several times faster than a streaming
+	// reader for a bundle of a few MiB (it is in memory anyway).
+	zd, err := zstd.NewReader(nil, zstd.WithDecoderMaxMemory(4*maxBundle), zstd.WithDecoderConcurrency(1))
 	if err != nil {
 		return nil, nil, err
 	}
-	defer zr.Close()
-	tr := tar.NewReader(io.LimitReader(zr, 4*maxBundle))
+	plain, err := zd.DecodeAll(data, nil)
+	zd.Close()
+	if err != nil {
+		return nil, nil, fmt.Errorf("%s: %w", bundleName, err)
+	}
+	tr := tar.NewReader(bytes.NewReader(plain))
 	seen := map[string]bool{}
 	files := map[string][]byte{}
 	for {
@@ -535,7 +591,8 @@ func (d *Daemon) fetchPushed(ctx context.Context, img *ociimage.Image, dir strin
 			return nil, nil, fmt.Errorf("%s: unexpected entry %q", bundleName, name)
 		}
 		seen[name] = true
-		b, err := io.ReadAll(io.LimitReader(tr, maxBundle))
+		b := make([]byte, h.Size)
+		_, err = io.ReadFull(tr, b)
 		if err != nil {
 			return nil, nil, fmt.Errorf("%s: %w", bundleName, err)
 		}

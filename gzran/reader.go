@@ -16,6 +16,13 @@ type Options struct {
 	// disables caching (and keeping suspended decoders).
 	CacheBytes int64
 
+	// Readahead is how many bytes of the following spans a sequential
+	// reader (one whose reads cross from a span into the next) has
+	// decoded into the cache in the background, one span at a time; 0
+	// means 16 MiB (at most a quarter of the cache), < 0 none. Random
+	// reads never trigger it.
+	Readahead int64
+
 	segSize int64 // decode/cache unit inside a span (tests); 0: defaultSegSize
 }
 
@@ -24,6 +31,8 @@ const (
 	defaultSegSize = 256 << 10
 	maxCursors     = 8
 	maxHeld        = 16 << 20
+	defaultAhead   = 16 << 20
+	maxAheadSpans  = 4
 )
 
 // Stats are a Reader's counters.
@@ -35,6 +44,7 @@ type Stats struct {
 	BytesDecoded int64 // uncompressed bytes produced by decoding
 	CRCErrors    int64 // spans whose CRC32C did not match SpanCRC
 	CachedBytes  int64 // bytes in the cache now
+	Readaheads   int64 // spans decoded ahead of a sequential reader
 }
 
 // Reader serves the uncompressed bytes of a gzip blob through an Index.
@@ -54,7 +64,10 @@ type Reader struct {
 	cursors map[int]*cursor
 	curTick int64
 
-	spanDecodes, resumes, hits, misses, decoded, crcErrors atomic.Int64
+	ahead                                                              int64        // readahead bytes; 0: none
+	last                                                               atomic.Int64 // the span of the previous read
+	raBusy                                                             atomic.Bool  // a readahead goroutine runs
+	spanDecodes, resumes, hits, misses, decoded, crcErrors, readaheads atomic.Int64
 }
 
 type spanLock struct {
@@ -100,6 +113,13 @@ func NewReader(src io.ReaderAt, srcSize int64, ix *Index, opt Options) (*Reader,
 	case opt.CacheBytes > 0:
 		r.cache = newSegCache(opt.CacheBytes)
 	}
+	if r.cache != nil && opt.Readahead >= 0 {
+		r.ahead = opt.Readahead
+		if r.ahead == 0 {
+			r.ahead = min(defaultAhead, r.cache.max/4)
+		}
+	}
+	r.last.Store(-2)
 	if r.size < 0 {
 		s := newStreamAt(src, srcSize, last)
 		n, err := io.Copy(io.Discard, s)
@@ -121,6 +141,7 @@ func (r *Reader) Stats() Stats {
 		SpanDecodes: r.spanDecodes.Load(), Resumes: r.resumes.Load(),
 		CacheHits: r.hits.Load(), CacheMisses: r.misses.Load(),
 		BytesDecoded: r.decoded.Load(), CRCErrors: r.crcErrors.Load(),
+		Readaheads: r.readaheads.Load(),
 	}
 	if r.cache != nil {
 		st.CachedBytes = r.cache.bytes()
@@ -211,6 +232,10 @@ func (r *Reader) unlockSpan(s int, l *spanLock) {
 }
 
 func (r *Reader) readSpan(s int, rel int64, dst []byte) error {
+	if prev := r.last.Swap(int64(s)); prev == int64(s)-1 && r.ahead > 0 && s+1 < len(r.pts) &&
+		r.raBusy.CompareAndSwap(false, true) {
+		go r.readahead(s)
+	}
 	if r.fromCache(s, rel, dst) {
 		r.hits.Add(1)
 		return nil
@@ -227,6 +252,55 @@ func (r *Reader) readSpan(s int, rel int64, dst []byte) error {
 		return r.decodeVerified(s, rel, dst)
 	}
 	return r.decodeRange(s, rel, dst)
+}
+
+// readahead decodes the spans after s, up to r.ahead bytes (at most
+// maxAheadSpans spans), that are neither cached nor being decoded, into
+// the cache, as a demand read would (verified by their CRC when the index
+// has them). Demand readers of such a span wait for it, as for any other
+// reader of the span. An error stops it quietly: the demand read that
+// needs the span decodes it again and reports.
+func (r *Reader) readahead(s int) {
+	defer r.raBusy.Store(false)
+	var covered int64
+	for t := s + 1; t < len(r.pts) && t <= s+maxAheadSpans && covered < r.ahead; t++ {
+		n := r.spanEnd(t) - r.spanStart(t)
+		if n <= 0 {
+			continue
+		}
+		covered += n
+		if r.spanCached(t) || r.spanBusy(t) {
+			continue
+		}
+		l := r.lockSpan(t)
+		var err error
+		if !r.spanCached(t) {
+			r.readaheads.Add(1)
+			r.spanDecodes.Add(1)
+			if r.crcs != nil {
+				err = r.decodeVerified(t, 0, nil)
+			} else {
+				err = r.decodeTo(t, 0, nil, n)
+			}
+		}
+		r.unlockSpan(t, l)
+		if err != nil {
+			return
+		}
+	}
+}
+
+// spanCached reports whether span s's first and last segments are cached
+// (a cheap test for "decoded recently").
+func (r *Reader) spanCached(s int) bool {
+	n := r.spanEnd(s) - r.spanStart(s)
+	return r.cache.get(segKey{s, 0}) != nil && r.cache.get(segKey{s, (n - 1) / r.seg}) != nil
+}
+
+func (r *Reader) spanBusy(s int) bool {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	return r.locks[s] != nil
 }
 
 // takeCursor removes and returns span s's suspended decoder, if any.
@@ -295,8 +369,13 @@ var scratchPool = sync.Pool{New: func() any { return new([]byte) }}
 // it is not past the first wanted segment, and leaves the decoder for the
 // next read.
 func (r *Reader) decodeRange(s int, rel int64, dst []byte) error {
+	return r.decodeTo(s, rel, dst, rel+int64(len(dst)))
+}
+
+// decodeTo is decodeRange decoding up to end (> rel) in the span.
+func (r *Reader) decodeTo(s int, rel int64, dst []byte, end int64) error {
 	first := rel / r.seg
-	last := (rel + int64(len(dst)) - 1) / r.seg
+	last := (end - 1) / r.seg
 	c := r.takeCursor(s)
 	if c != nil && c.rel <= first*r.seg {
 		r.resumes.Add(1)

@@ -245,13 +245,61 @@ func (r *Resolver) FindArtifacts(ctx context.Context, img *Image, artifactType s
 }
 
 // FindArtifact is the last of FindArtifacts (with the fallback tag, the
-// one pushed last), or nil, nil if there is none.
+// one pushed last), or nil, nil if there is none. It asks the referrers
+// API and reads the fallback tag at the same time (one round trip, not
+// two, on a registry without the API), and reads entries from the last
+// back only until one matches.
 func (r *Resolver) FindArtifact(ctx context.Context, img *Image, artifactType string) (*Artifact, error) {
-	as, err := r.FindArtifacts(ctx, img, artifactType)
-	if err != nil || len(as) == 0 {
+	if img.Ref.Transport == Layout {
+		return nil, ErrLayoutArtifacts
+	}
+	if r.op == nil {
+		return nil, fmt.Errorf("image %s: no registry client", img.Ref)
+	}
+	if err := checkArtifactType(artifactType); err != nil {
 		return nil, err
 	}
-	return as[len(as)-1], nil
+	type fallback struct {
+		ds  []Descriptor
+		err error
+	}
+	fc := make(chan fallback, 1)
+	fctx, cancel := context.WithCancel(ctx)
+	defer cancel()
+	go func() {
+		ds, err := r.fallbackIndex(fctx, img)
+		fc <- fallback{ds, err}
+	}()
+	refs, supported, err := r.op.Referrers(ctx, img.Ref.Host, img.Ref.Repo, img.ManifestDigest, artifactType)
+	if err != nil {
+		return nil, err
+	}
+	var ds []Descriptor
+	if supported {
+		for _, d := range refs {
+			ds = append(ds, Descriptor{MediaType: d.MediaType, Digest: d.Digest, Size: d.Size, ArtifactType: d.ArtifactType})
+		}
+	} else {
+		f := <-fc
+		if f.err != nil {
+			return nil, f.err
+		}
+		ds = f.ds
+	}
+	for i := len(ds) - 1; i >= 0; i-- {
+		d := ds[i]
+		if d.ArtifactType != artifactType || (d.MediaType != "" && d.MediaType != MediaTypeManifest) {
+			continue
+		}
+		a, err := r.readArtifact(ctx, img, d)
+		if err != nil {
+			return nil, err
+		}
+		if a != nil && a.ArtifactType == artifactType {
+			return a, nil
+		}
+	}
+	return nil, nil
 }
 
 func (r *Resolver) readArtifact(ctx context.Context, img *Image, d Descriptor) (*Artifact, error) {

@@ -58,7 +58,7 @@ func FuzzResolve(f *testing.F) {
 	f.Add(`{"mediaType":"x","manifests":null}`, "{}")
 	f.Fuzz(func(t *testing.T, root, blob string) {
 		want, _ := ParsePlatform("linux/amd64")
-		img, err := resolve(context.Background(), &memStore{[]byte(root), []byte(blob)}, Ref{Transport: Registry}, want)
+		img, err := resolve(context.Background(), &memStore{[]byte(root), []byte(blob)}, Ref{Transport: Registry}, want, nil)
 		if err == nil && (len(img.Layers) == 0 || img.ConfigDigest == "") {
 			t.Fatalf("resolved without layers or config: %+v", img)
 		}

@@ -178,6 +178,15 @@ func (s *registryStore) spec(digest string) string {
 // Resolve resolves ref (ParseRef's syntax) to the image manifest for
 // platform ("os/arch[/variant]"; "" = this machine) and its layers.
 func (r *Resolver) Resolve(ctx context.Context, ref, platform string) (*Image, error) {
+	return r.ResolveNotify(ctx, ref, platform, nil)
+}
+
+// ResolveNotify is Resolve, calling onManifest (when not nil, on the
+// caller's goroutine) as soon as the image manifest is known, before its
+// config is fetched, with an Image holding only Ref, IndexDigest and the
+// manifest's digest, media type and bytes: enough to look for artifacts
+// about it while the rest resolves.
+func (r *Resolver) ResolveNotify(ctx context.Context, ref, platform string, onManifest func(Image)) (*Image, error) {
 	rf, err := ParseRef(ref)
 	if err != nil {
 		return nil, err
@@ -190,7 +199,7 @@ func (r *Resolver) Resolve(ctx context.Context, ref, platform string) (*Image, e
 	if err != nil {
 		return nil, err
 	}
-	img, err := resolve(ctx, st, rf, want)
+	img, err := resolve(ctx, st, rf, want, onManifest)
 	if err != nil {
 		return nil, fmt.Errorf("image %s: %w", rf, err)
 	}
@@ -253,7 +262,7 @@ func mediaTypeOf(given string, body []byte) (string, error) {
 	return "", fmt.Errorf("neither an image manifest nor an index")
 }
 
-func resolve(ctx context.Context, st store, rf Ref, want Platform) (*Image, error) {
+func resolve(ctx context.Context, st store, rf Ref, want Platform, onManifest func(Image)) (*Image, error) {
 	given, body, digest, err := st.root(ctx)
 	if err != nil {
 		return nil, err
@@ -294,6 +303,9 @@ func resolve(ctx context.Context, st store, rf Ref, want Platform) (*Image, erro
 			given = d.MediaType
 		}
 		digest = d.Digest
+	}
+	if onManifest != nil {
+		onManifest(*img)
 	}
 	if err := parseManifest(ctx, st, img); err != nil {
 		return nil, fmt.Errorf("manifest %s: %w", img.ManifestDigest, err)

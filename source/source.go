@@ -139,6 +139,7 @@ func (o *Opener) KnowSize(digest string, size int64) {
 
 // NewOpener returns an Opener. It is safe for concurrent use.
 func NewOpener(opt Options) *Opener {
+	warmSystemPool()
 	if opt.Chunk <= 0 {
 		opt.Chunk = 1 << 20
 	}

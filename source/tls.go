@@ -12,11 +12,12 @@ import (
 // SSL_CERT_DIR) plus, as containers/image and dockerd do,
 // /etc/containers/certs.d/HOST:PORT/*.crt, /etc/docker/certs.d/HOST:PORT/ca.crt,
 // and every *.crt in Options.CertDir.
+//
+// Without such files RootCAs stays nil: crypto/tls then loads the system
+// pool itself when a handshake first needs it (parsing it takes 25-50 ms,
+// which a plain-HTTP registry never pays; NewOpener warms it in the
+// background for the others).
 func (o *Opener) tlsConfig(hostport string) (*tls.Config, error) {
-	pool, err := x509.SystemCertPool()
-	if err != nil || pool == nil {
-		pool = x509.NewCertPool()
-	}
 	root := o.opt.certsRoot
 	if root == "" {
 		root = "/etc"
@@ -38,6 +39,7 @@ func (o *Opener) tlsConfig(hostport string) (*tls.Config, error) {
 		}
 		files = append(files, m...)
 	}
+	var pool *x509.CertPool
 	for _, f := range files {
 		b, err := os.ReadFile(f)
 		if os.IsNotExist(err) {
@@ -46,9 +48,18 @@ func (o *Opener) tlsConfig(hostport string) (*tls.Config, error) {
 		if err != nil {
 			return nil, err
 		}
+		if pool == nil {
+			if pool, err = x509.SystemCertPool(); err != nil || pool == nil {
+				pool = x509.NewCertPool()
+			}
+		}
 		if !pool.AppendCertsFromPEM(b) {
 			return nil, fmt.Errorf("%s: no PEM certificates", f)
 		}
 	}
 	return &tls.Config{RootCAs: pool, MinVersion: tls.VersionTLS12}, nil
 }
+
+// warmSystemPool loads the system trust store in the background, so the
+// first handshake finds it parsed.
+func warmSystemPool() { go x509.SystemCertPool() }
