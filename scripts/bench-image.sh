@@ -19,6 +19,9 @@
 # Reported (medians): ready = until `ls -R` of the mount (or the unpacked
 # tree) has run; ws = ready + reading the working set; fetched = registry
 # bytes sent; ratios against pull and pull-mkfs, fetched / working-set bytes.
+# The clock starts after the page cache is dropped and the reader (a
+# python script) has started and waits: its interpreter's start is in no
+# row.
 #
 # Usage: scripts/bench-image.sh [WORKDIR]
 #   env: SIZE=629145600 ROUNDS=3 RTT=10 WS=contig|scatter KEEP=1
@@ -116,11 +119,17 @@ fetched() { # from-offset -> bytes sent since
 }
 READER=$W/reader.py
 cat >"$READER" <<'EOF'
-# reader.py ROOT T0: ls -R (a walk of the directories), print the time;
-# then stat every file, read the working set, print the time and bytes.
+# reader.py ROOT GO: started before the clock starts, so the
+# interpreter's own start (slow from a dropped page cache) is not timed:
+# it says "armed" on stderr, waits for T0 (the start time) on the fifo GO,
+# then runs ls -R (a walk of the directories), prints the time; then
+# stats every file, reads the working set, prints the time and bytes.
 import hashlib, os, sys, time
 from concurrent.futures import ThreadPoolExecutor
-root, t0 = sys.argv[1], float(sys.argv[2])
+root = sys.argv[1]
+print("armed", file=sys.stderr, flush=True)
+with open(sys.argv[2]) as go:
+    t0 = float(go.read().strip())
 # ls -R: directory entries only (d_type from getdents, no stat per file)
 paths = []
 stack = [root]
@@ -160,6 +169,19 @@ with ThreadPoolExecutor(8) as ex:
 print(t1 - t0, time.time() - t0, total)
 EOF
 
+arm() { # root -> a reader waiting on $W/run/go, its output in $W/run/reader.out
+	mkfifo "$W/run/go"
+	python3 "$READER" "$1" "$W/run/go" >"$W/run/reader.out" 2>"$W/run/reader.err" &
+	RPID=$!
+	for _ in $(seq 6000); do grep -q armed "$W/run/reader.err" 2>/dev/null && return; sleep 0.005; done
+	echo "reader did not start" >&2
+	exit 1
+}
+fire() { # -> ready ws bytes, the reader started at $t0
+	echo "$t0" >"$W/run/go"
+	wait "$RPID" || { cat "$W/run/reader.err" >&2; exit 1; }
+	read -r ready ws bytes <"$W/run/reader.out"
+}
 mountfuse() { # sock -> mount point in $M
 	local f=$W/run/fuse
 	M=$W/run/mnt
@@ -184,6 +206,9 @@ for r in $(seq "$ROUNDS"); do
 		mkdir -p "$W/run"
 		sync
 		echo 3 >/proc/sys/vm/drop_caches
+		root=$W/run/mnt
+		[ "$s" = pull ] && root=$W/run/bundle/rootfs
+		arm "$root"
 		p0=$(logpos)
 		t0=$(date +%s.%N)
 		case $s in
@@ -195,7 +220,7 @@ for r in $(seq "$ROUNDS"); do
 			PIDS+=("$spid")
 			for _ in $(seq 60000); do [ -S "$W/run/s.sock" ] && break; kill -0 $spid 2>/dev/null || { cat "$W/run/serve.err" >&2; exit 1; }; sleep 0.001; done
 			mountfuse "$W/run/s.sock"
-			read -r ready ws bytes < <(python3 "$READER" "$M" "$t0")
+			fire
 			unmountall
 			kill $spid
 			wait $spid 2>/dev/null || true
@@ -203,7 +228,7 @@ for r in $(seq "$ROUNDS"); do
 		pull)
 			skopeo copy -q --src-tls-verify=false "docker://$PROXY/bench/img:v1" "oci:$W/run/pulled:v1"
 			umoci unpack --image "$W/run/pulled:v1" "$W/run/bundle" >/dev/null
-			read -r ready ws bytes < <(python3 "$READER" "$W/run/bundle/rootfs" "$t0")
+			fire
 			;;
 		pull-mkfs)
 			skopeo copy -q --src-tls-verify=false "docker://$PROXY/bench/img:v1" "oci:$W/run/pulled:v1"
@@ -212,7 +237,7 @@ for r in $(seq "$ROUNDS"); do
 			mkdir -p "$W/run/mnt"
 			mount -t erofs -o ro,loop "$W/run/img.erofs" "$W/run/mnt"
 			MOUNTS=("$W/run/mnt")
-			read -r ready ws bytes < <(python3 "$READER" "$W/run/mnt" "$t0")
+			fire
 			unmountall
 			;;
 		esac
