@@ -87,6 +87,16 @@ func TestReadahead(t *testing.T) {
 		if st := r.Stats(); st.Readaheads != 0 {
 			t.Fatalf("random reads triggered %d readaheads", st.Readaheads)
 		}
+		// uniform random 4 KiB reads: rarely mistaken for a sequential reader
+		for i := 0; i < 2000; i++ {
+			off := rng.Int64N(int64(len(data)) - 4096)
+			if _, err := r.ReadAt(buf, off); err != nil || !bytes.Equal(buf, data[off:off+4096]) {
+				t.Fatalf("read at %d: %v (or wrong bytes)", off, err)
+			}
+		}
+		if st := r.Stats(); st.Readaheads > 40 {
+			t.Fatalf("2000 random reads triggered %d readaheads", st.Readaheads)
+		}
 	})
 	t.Run("off", func(t *testing.T) {
 		r, err := NewReader(bytes.NewReader(gz), int64(len(gz)), ix, Options{Readahead: -1})

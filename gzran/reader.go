@@ -64,9 +64,10 @@ type Reader struct {
 	cursors map[int]*cursor
 	curTick int64
 
-	ahead                                                              int64        // readahead bytes; 0: none
-	last                                                               atomic.Int64 // the span of the previous read
-	raBusy                                                             atomic.Bool  // a readahead goroutine runs
+	ahead   int64        // readahead bytes; 0: none
+	lastEnd atomic.Int64 // where the previous read ended
+	raBusy  atomic.Bool  // a readahead goroutine runs
+
 	spanDecodes, resumes, hits, misses, decoded, crcErrors, readaheads atomic.Int64
 }
 
@@ -119,7 +120,7 @@ func NewReader(src io.ReaderAt, srcSize int64, ix *Index, opt Options) (*Reader,
 			r.ahead = min(defaultAhead, r.cache.max/4)
 		}
 	}
-	r.last.Store(-2)
+	r.lastEnd.Store(-1 << 62)
 	if r.size < 0 {
 		s := newStreamAt(src, srcSize, last)
 		n, err := io.Copy(io.Discard, s)
@@ -170,12 +171,16 @@ func (r *Reader) ReadAt(p []byte, off int64) (int, error) {
 	if rest := r.size - off; int64(len(want)) > rest {
 		want = want[:rest]
 	}
+	prevEnd := r.lastEnd.Swap(off + int64(len(want)))
 	n := 0
 	for n < len(want) {
 		pos := off + int64(n)
 		// the last point at or below pos (with equal offsets, the last)
 		s := sort.Search(len(r.pts), func(i int) bool { return r.pts[i].Out > pos }) - 1
 		k := min(int64(len(want)-n), r.spanEnd(s)-pos)
+		if n == 0 && r.ahead > 0 && s > 0 && s+1 < len(r.pts) {
+			r.maybeReadahead(s, pos, prevEnd)
+		}
 		if err := r.readSpan(s, pos-r.spanStart(s), want[n:n+int(k)]); err != nil {
 			return n, err
 		}
@@ -232,10 +237,6 @@ func (r *Reader) unlockSpan(s int, l *spanLock) {
 }
 
 func (r *Reader) readSpan(s int, rel int64, dst []byte) error {
-	if prev := r.last.Swap(int64(s)); prev == int64(s)-1 && r.ahead > 0 && s+1 < len(r.pts) &&
-		r.raBusy.CompareAndSwap(false, true) {
-		go r.readahead(s)
-	}
 	if r.fromCache(s, rel, dst) {
 		r.hits.Add(1)
 		return nil
@@ -252,6 +253,17 @@ func (r *Reader) readSpan(s int, rel int64, dst []byte) error {
 		return r.decodeVerified(s, rel, dst)
 	}
 	return r.decodeRange(s, rel, dst)
+}
+
+// maybeReadahead starts a readahead after span s when this read (at pos)
+// starts near s's beginning and the previous one ended near it too: a
+// sequential reader crossing into s. Random reads almost never look so.
+func (r *Reader) maybeReadahead(s int, pos, prevEnd int64) {
+	start := r.spanStart(s)
+	near := min(1<<20, (start-r.spanStart(s-1))/2)
+	if pos-start < near && prevEnd >= start-near && prevEnd <= start+near && r.raBusy.CompareAndSwap(false, true) {
+		go r.readahead(s)
+	}
 }
 
 // readahead decodes the spans after s, up to r.ahead bytes (at most
