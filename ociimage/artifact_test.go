@@ -12,6 +12,7 @@ import (
 	"strings"
 	"sync"
 	"testing"
+	"time"
 
 	"github.com/erofs-blockd/erofs-blockd/source"
 )
@@ -283,7 +284,7 @@ func TestReferrersAPI(t *testing.T) {
 	fr, host := newFakeRegistry(t)
 	af := filepath.Join(t.TempDir(), "auth.json")
 	os.WriteFile(af, []byte(`{"auths":{}}`), 0o600)
-	op := source.NewOpener(source.Options{AuthFile: af, Insecure: []string{host}})
+	op := source.NewOpener(source.Options{AuthFile: af, Insecure: []string{host}, RetryBase: time.Millisecond})
 	r := NewResolver(op)
 	dir := t.TempDir()
 	l := newLayout(t, dir)

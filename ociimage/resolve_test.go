@@ -8,6 +8,7 @@ import (
 	"runtime"
 	"strings"
 	"testing"
+	"time"
 
 	"github.com/erofs-blockd/erofs-blockd/internal/regtest"
 	"github.com/erofs-blockd/erofs-blockd/source"
@@ -349,7 +350,7 @@ func startRegistry(t *testing.T, token bool) *regEnv {
 		t.Fatal(err)
 	}
 	t.Cleanup(st.Close)
-	op := source.NewOpener(source.Options{AuthFile: st.AuthFile, CertDir: st.CertDir})
+	op := source.NewOpener(source.Options{AuthFile: st.AuthFile, CertDir: st.CertDir, RetryBase: time.Millisecond})
 	return &regEnv{st: st, op: op, r: NewResolver(op), dir: dir}
 }
 

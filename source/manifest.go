@@ -4,12 +4,15 @@ import (
 	"bytes"
 	"context"
 	"crypto/sha256"
+	"crypto/tls"
+	"crypto/x509"
 	"encoding/hex"
 	"errors"
 	"fmt"
 	"io"
 	"mime"
 	"net/http"
+	"strconv"
 	"strings"
 	"time"
 )
@@ -66,7 +69,12 @@ func (r *registry) send(ctx context.Context, q regRequest) (*http.Response, erro
 		}
 		resp, err := r.client.Do(req)
 		if err != nil {
-			return nil, fmt.Errorf("%s: %v", q.where, scrub(err))
+			permanent := ctx.Err() != nil || untrusted(err)
+			err = fmt.Errorf("%s: %v", q.where, scrub(err))
+			if !permanent {
+				err = &transient{err: err}
+			}
+			return nil, err
 		}
 		if resp.StatusCode == http.StatusUnauthorized && attempt == 0 {
 			ch := resp.Header.Get("WWW-Authenticate")
@@ -86,6 +94,66 @@ func (r *registry) send(ctx context.Context, q regRequest) (*http.Response, erro
 	return nil, fmt.Errorf("%s: authentication loop", q.where)
 }
 
+// transient marks an error worth retrying: the connection failed, the
+// registry answered 429 or 5xx, the body broke off or did not match its
+// digest. after is the server's Retry-After, if it gave one.
+type transient struct {
+	err   error
+	after time.Duration
+}
+
+func (e *transient) Error() string { return e.err.Error() }
+func (e *transient) Unwrap() error { return e.err }
+
+// untrusted reports errors a retry cannot fix: the server's certificate
+// is not trusted, or it does not speak TLS.
+func untrusted(err error) bool {
+	var cv *tls.CertificateVerificationError
+	var rh tls.RecordHeaderError
+	var ua x509.UnknownAuthorityError
+	var he x509.HostnameError
+	var ci x509.CertificateInvalidError
+	return errors.As(err, &cv) || errors.As(err, &rh) || errors.As(err, &ua) || errors.As(err, &he) || errors.As(err, &ci)
+}
+
+// statusErr is the error for an unexpected answer, transient for 429
+// and 5xx.
+func statusErr(resp *http.Response, where string) error {
+	err := fmt.Errorf("%s: %s", where, statusText(resp))
+	if resp.StatusCode == http.StatusTooManyRequests || resp.StatusCode >= 500 {
+		t := &transient{err: err}
+		if secs, e := strconv.Atoi(resp.Header.Get("Retry-After")); e == nil && secs >= 0 {
+			t.after = time.Duration(min(secs, 30)) * time.Second
+		}
+		return t
+	}
+	return err
+}
+
+// retrying runs get until it succeeds or fails for good, retrying
+// transient failures up to Options.Retries times with the blob reads'
+// backoff (RetryBase doubled per retry, at most 5 s, or the server's
+// Retry-After): manifest and config GETs are idempotent.
+func (o *Opener) retrying(ctx context.Context, get func() error) error {
+	for attempt := 0; ; attempt++ {
+		err := get()
+		var t *transient
+		if err == nil || !errors.As(err, &t) || attempt >= o.opt.Retries {
+			return err
+		}
+		d := min(o.opt.RetryBase<<attempt, 5*time.Second)
+		if t.after > 0 {
+			d = t.after
+		}
+		o.opt.Logger.Debug("registry request failed; retrying", "err", err, "in", d)
+		select {
+		case <-ctx.Done():
+			return err
+		case <-time.After(d):
+		}
+	}
+}
+
 func drain(resp *http.Response) {
 	io.Copy(io.Discard, io.LimitReader(resp.Body, 1<<16))
 	resp.Body.Close()
@@ -99,7 +167,7 @@ func readCapped(resp *http.Response, max int64, where string) ([]byte, error) {
 	}
 	b, err := io.ReadAll(io.LimitReader(resp.Body, max+1))
 	if err != nil {
-		return nil, fmt.Errorf("%s: reading the body: %v", where, scrub(err))
+		return nil, &transient{err: fmt.Errorf("%s: reading the body: %v", where, scrub(err))}
 	}
 	if int64(len(b)) > max {
 		return nil, fmt.Errorf("%s: body exceeds the limit of %d bytes", where, max)
@@ -148,7 +216,19 @@ func (o *Opener) registryFor(host, repo string) (*registry, error) {
 // registry gave (Content-Type without parameters), the body (at most
 // MaxManifest bytes) and its digest. A digest ref must equal sha256 of the
 // body; for a tag, the Docker-Content-Digest header (when present) must.
+//
+// Transient failures (connection errors, 429, 5xx, a broken or mismatching
+// body) are retried as blob reads are.
 func (o *Opener) FetchManifest(ctx context.Context, host, repo, ref string, accept []string) (mediaType string, body []byte, digest string, err error) {
+	err = o.retrying(ctx, func() error {
+		var e error
+		mediaType, body, digest, e = o.fetchManifest(ctx, host, repo, ref, accept)
+		return e
+	})
+	return mediaType, body, digest, err
+}
+
+func (o *Opener) fetchManifest(ctx context.Context, host, repo, ref string, accept []string) (mediaType string, body []byte, digest string, err error) {
 	where := fmt.Sprintf("registry %s repository %s manifest %s", host, repo, ref)
 	reg, err := o.registryFor(host, repo)
 	if err != nil {
@@ -171,7 +251,7 @@ func (o *Opener) FetchManifest(ctx context.Context, host, repo, ref string, acce
 		if resp.StatusCode == http.StatusNotFound {
 			return "", nil, "", &notFound{fmt.Sprintf("%s: %s: no such manifest in this repository", where, statusText(resp))}
 		}
-		return "", nil, "", fmt.Errorf("%s: %s", where, statusText(resp))
+		return "", nil, "", statusErr(resp, where)
 	}
 	body, err = readCapped(resp, MaxManifest, where)
 	if err != nil {
@@ -180,7 +260,7 @@ func (o *Opener) FetchManifest(ctx context.Context, host, repo, ref string, acce
 	digest = Digest(body)
 	if digestRE.MatchString(ref) {
 		if digest != ref {
-			return "", nil, "", fmt.Errorf("%s: the body's digest is %s: the registry sent another manifest", where, digest)
+			return "", nil, "", &transient{err: fmt.Errorf("%s: the body's digest is %s: the registry sent another manifest", where, digest)}
 		}
 	} else if dcd := resp.Header.Get("Docker-Content-Digest"); dcd != "" && dcd != digest {
 		if len(dcd) > 100 {
@@ -197,7 +277,18 @@ func (o *Opener) FetchManifest(ctx context.Context, host, repo, ref string, acce
 
 // FetchBlob GETs a small blob (a config) whole: at most max bytes, its
 // sha256 checked against digest.
+// Transient failures are retried as in FetchManifest.
 func (o *Opener) FetchBlob(ctx context.Context, host, repo, digest string, max int64) ([]byte, error) {
+	var b []byte
+	err := o.retrying(ctx, func() error {
+		var e error
+		b, e = o.fetchBlob(ctx, host, repo, digest, max)
+		return e
+	})
+	return b, err
+}
+
+func (o *Opener) fetchBlob(ctx context.Context, host, repo, digest string, max int64) ([]byte, error) {
 	where := fmt.Sprintf("registry %s repository %s blob %s", host, repo, digest)
 	reg, err := o.registryFor(host, repo)
 	if err != nil {
@@ -221,14 +312,14 @@ func (o *Opener) FetchBlob(ctx context.Context, host, repo, digest string, max i
 		if resp.StatusCode == http.StatusNotFound {
 			return nil, &notFound{fmt.Sprintf("%s: %s: no such blob in this repository", where, statusText(resp))}
 		}
-		return nil, fmt.Errorf("%s: %s", where, statusText(resp))
+		return nil, statusErr(resp, where)
 	}
 	b, err := readCapped(resp, max, where)
 	if err != nil {
 		return nil, err
 	}
 	if got := Digest(b); got != digest {
-		return nil, fmt.Errorf("%s: the body's digest is %s (corrupt or wrong blob)", where, got)
+		return nil, &transient{err: fmt.Errorf("%s: the body's digest is %s (corrupt or wrong blob)", where, got)}
 	}
 	return b, nil
 }

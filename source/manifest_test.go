@@ -11,6 +11,7 @@ import (
 	"strings"
 	"sync/atomic"
 	"testing"
+	"time"
 )
 
 // hostileOpener is an Opener for a plain-HTTP test server at host with
@@ -22,7 +23,7 @@ func hostileOpener(t *testing.T, host, pass string) *Opener {
 	if err := os.WriteFile(af, []byte(b), 0o600); err != nil {
 		t.Fatal(err)
 	}
-	return NewOpener(Options{AuthFile: af, Insecure: []string{host}})
+	return NewOpener(Options{AuthFile: af, Insecure: []string{host}, RetryBase: time.Millisecond})
 }
 
 const testManifest = `{"schemaVersion":2,"mediaType":"application/vnd.oci.image.manifest.v1+json","config":{},"layers":[]}`
@@ -258,5 +259,100 @@ func TestPushHostile(t *testing.T) {
 	mode.Store("garbage")
 	if _, ok, err := o.Referrers(ctx, host, "r", dg, ""); !ok || err == nil || !strings.Contains(err.Error(), "bad descriptor") {
 		t.Errorf("garbage referrers: %v %v", ok, err)
+	}
+}
+
+// TestManifestRetries: manifest and config GETs retry what may pass
+// (connection drops, 429/5xx, a body that breaks off or does not match its
+// digest) and nothing else (404, 400); Retry-After is honoured.
+func TestManifestRetries(t *testing.T) {
+	ctx := context.Background()
+	good := []byte(testManifest)
+	dg := Digest(good)
+	var fails, calls atomic.Int64
+	var mode atomic.Value
+	srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		calls.Add(1)
+		if fails.Add(-1) >= 0 {
+			switch mode.Load().(string) {
+			case "503":
+				w.Header().Set("Retry-After", "0")
+				http.Error(w, "busy", http.StatusServiceUnavailable)
+			case "429":
+				http.Error(w, "slow down", http.StatusTooManyRequests)
+			case "wrong":
+				w.Header().Set("Content-Type", "application/vnd.oci.image.manifest.v1+json")
+				w.Write(bytes.ToUpper(good))
+			case "cut":
+				w.Header().Set("Content-Length", "1000")
+				w.Write(good[:10])
+				if hj, ok := w.(http.Hijacker); ok {
+					c, _, _ := hj.Hijack()
+					c.Close()
+				}
+			case "drop":
+				if hj, ok := w.(http.Hijacker); ok {
+					c, _, _ := hj.Hijack()
+					c.Close()
+				}
+			case "404":
+				http.Error(w, "no", http.StatusNotFound)
+			case "400":
+				http.Error(w, "bad", http.StatusBadRequest)
+			}
+			return
+		}
+		w.Header().Set("Content-Type", "application/vnd.oci.image.manifest.v1+json")
+		w.Write(good)
+	}))
+	defer srv.Close()
+	host := strings.TrimPrefix(srv.URL, "http://")
+	op := hostileOpener(t, host, "p")
+	for _, m := range []string{"503", "429", "wrong", "cut", "drop"} {
+		mode.Store(m)
+		fails.Store(2)
+		calls.Store(0)
+		if _, b, _, err := op.FetchManifest(ctx, host, "r", dg, nil); err != nil || !bytes.Equal(b, good) {
+			t.Fatalf("%s twice, then right: %v", m, err)
+		}
+		if calls.Load() != 3 {
+			t.Fatalf("%s: %d requests, want 3", m, calls.Load())
+		}
+		fails.Store(2)
+		calls.Store(0)
+		if b, err := op.FetchBlob(ctx, host, "r", dg, 1<<20); err != nil || !bytes.Equal(b, good) {
+			t.Fatalf("blob: %s twice, then right: %v", m, err)
+		}
+	}
+	// Failing for good: Retries+1 attempts, then the error.
+	mode.Store("503")
+	fails.Store(1000)
+	calls.Store(0)
+	if _, _, _, err := op.FetchManifest(ctx, host, "r", dg, nil); err == nil || !strings.Contains(err.Error(), "503") {
+		t.Fatalf("always 503: %v", err)
+	}
+	if calls.Load() != 6 {
+		t.Fatalf("always 503: %d requests, want 6 (5 retries)", calls.Load())
+	}
+	// Not retried.
+	for _, m := range []string{"404", "400"} {
+		mode.Store(m)
+		fails.Store(1000)
+		calls.Store(0)
+		_, _, _, err := op.FetchManifest(ctx, host, "r", "latest", nil)
+		if err == nil || calls.Load() != 1 {
+			t.Fatalf("%s: %v after %d requests, want an error after 1", m, err, calls.Load())
+		}
+		if m == "404" && !errors.Is(err, ErrNotFound) {
+			t.Fatalf("404: %v is not ErrNotFound", err)
+		}
+	}
+	// A cancelled context stops the retries.
+	mode.Store("503")
+	fails.Store(1000)
+	cctx, cancel := context.WithCancel(ctx)
+	cancel()
+	if _, _, _, err := op.FetchManifest(cctx, host, "r", dg, nil); err == nil {
+		t.Fatal("cancelled: no error")
 	}
 }
