@@ -73,6 +73,21 @@ func (b *Backend) ZeroCopyFile() (*os.File, bool) {
 	return f, ok && b.Delay == 0
 }
 
+// FileLease lends the file holding [off, off+n) when the input can (a
+// remote blob's stored chunk, blockdev.FileLeaser), only without an
+// injected delay; the bytes are counted.
+func (b *Backend) FileLease(off, n int64) (*os.File, int64, func(), bool) {
+	l, ok := b.R.(blockdev.FileLeaser)
+	if !ok || b.Delay > 0 {
+		return nil, 0, nil, false
+	}
+	f, foff, release, ok := l.FileLease(off, n)
+	if ok {
+		b.CountZeroCopy(n)
+	}
+	return f, foff, release, ok
+}
+
 // CountZeroCopy records a read served from ZeroCopyFile.
 func (b *Backend) CountZeroCopy(n int64) {
 	b.reads.Add(1)

@@ -45,3 +45,11 @@ type Prefetcher interface {
 type FileRanger interface {
 	FileRange(off, length int64) (f *os.File, fileOff int64, ok bool)
 }
+
+// FileLeaser is FileRanger for files that are lent rather than owned by
+// the device (a chunk file of a disk cache, which may be evicted): f stays
+// valid until the caller calls release (nil: nothing to release), which it
+// must do once done with f. Servers prefer it to FileRange when both exist.
+type FileLeaser interface {
+	FileLease(off, length int64) (f *os.File, fileOff int64, release func(), ok bool)
+}

@@ -549,7 +549,7 @@ func (d *Daemon) metricsSources() metrics.Sources {
 			}
 			return metrics.DiskCacheStats{Bytes: s.Bytes, CapacityBytes: s.MaxBytes, Entries: s.Entries,
 				Hits: s.Hits, Misses: s.Misses, Evictions: s.Evictions, CheckFailures: s.CheckFailures,
-				WriteErrors: s.WriteErrors, DigestFail: bad}
+				WriteErrors: s.WriteErrors, DigestFail: bad, Checks: s.Checks}
 		}
 	}
 	if d.shared != nil {

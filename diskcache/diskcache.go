@@ -28,15 +28,16 @@
 // lose or garble: the directory is the index. Files too short to be a
 // record or with names that are not ours are removed at Open (the 256
 // directories are listed by 8 goroutines; 10,000 chunks take 0.1-0.25 s on
-// a small VM, about what ls -lR of the tree takes). Recency survives a
-// restart only coarsely, through file mtimes (a hit that finds a chunk with
-// no recorded hits refreshes its mtime); at Open the chunks enter the main
-// queue oldest first, with no hits, so the hot set earns its place again by
-// being read.
+// a small VM, about what ls -lR of the tree takes). The eviction order and
+// hit counts survive a restart through dir/state (state.go), which also
+// says which records were checked in this boot; chunks it does not list
+// (written after its last save, or all of them if it is lost) enter the
+// main queue after those it lists, oldest mtime first, with no hits.
 //
 // Get opens the file under the index lock, so it reads the file the index
 // names; once open, the file stays readable if it is evicted or dropped
 // meanwhile (a Get racing a Drop may return the dropped chunk's bytes).
+// Lease hands such an open, checked file to the caller (for sendfile).
 //
 // # Eviction
 //
@@ -99,6 +100,7 @@ type Stats struct {
 	WriteErrors   uint64 // failed writes (Put, PutMeta)
 	ReadErrors    uint64 // I/O errors reading a file (each is a miss)
 	Skips         uint64 // Puts not stored: larger than the cache, or no room (all pinned)
+	Checks        uint64 // records read whole and CRC-checked (first read in a boot, or the file changed)
 }
 
 // hkey is the hash of a key: the first 16 bytes of its sha256.
@@ -127,6 +129,9 @@ type entry struct {
 	present    bool  // false: being written (reserved)
 	q          uint8
 	freq       uint8
+	trusted    bool // the record is known good while its file has stamp checked (state.go)
+	pending    bool // it will be once a syncfs confirms the write-back
+	checked    stamp
 	prev, next *entry
 }
 
@@ -186,7 +191,18 @@ type Cache struct {
 
 	tmpSeq atomic.Uint64
 
-	hits, misses, evictions, checkFailures, writeErrors, readErrors, skips atomic.Uint64
+	hits, misses, evictions, checkFailures, writeErrors, readErrors, skips, checks atomic.Uint64
+
+	// State file (state.go): boot is this boot's id; gen counts changes,
+	// savedGen is the gen last saved (guarded by saveMu).
+	boot      []byte
+	gen       atomic.Uint64
+	saveMu    sync.Mutex
+	savedGen  uint64
+	stopSaver chan struct{}
+	saverDone chan struct{}
+	syncFile  *os.File // the directory, open since Open: syncfs reports write-back errors since then
+	npending  int      // entries pending trust (guarded by mu)
 
 	// hookWritten, if set (tests), runs after a chunk's tmp file is
 	// written and before it is renamed into place.
@@ -224,10 +240,17 @@ func Open(dir string, maxBytes int64, opt Options) (*Cache, error) {
 	if err := c.lock(); err != nil {
 		return nil, err
 	}
+	c.boot = readBootID()
 	if err := c.load(); err != nil {
 		c.unlock()
 		return nil, err
 	}
+	c.savedGen = c.gen.Load()
+	if f, err := os.Open(dir); err == nil {
+		c.syncFile = f
+	}
+	c.stopSaver, c.saverDone = make(chan struct{}), make(chan struct{})
+	go c.saver(c.stopSaver, c.saverDone)
 	return c, nil
 }
 
@@ -281,6 +304,8 @@ type found struct {
 	ck    ckey
 	size  int64
 	mtime time.Time
+	st    stamp
+	stOK  bool
 }
 
 // load removes leftovers of a crash and rebuilds the index from the
@@ -325,7 +350,19 @@ func (c *Cache) load() error {
 	if fail != nil {
 		return fail
 	}
+	// The order the state file gives, then the rest by mtime.
+	boot, pos, order := c.loadState()
+	sameBoot := len(boot) > 0 && bytes.Equal(boot, c.boot)
+	rank := func(f found) int {
+		if i, ok := pos[f.ck]; ok {
+			return i
+		}
+		return len(order)
+	}
 	slices.SortFunc(all, func(a, b found) int {
+		if c := cmp.Compare(rank(a), rank(b)); c != 0 {
+			return c
+		}
 		if c := a.mtime.Compare(b.mtime); c != 0 {
 			return c
 		}
@@ -335,6 +372,13 @@ func (c *Cache) load() error {
 	defer c.mu.Unlock()
 	for _, f := range all {
 		e := &entry{ck: f.ck, size: f.size, present: true, q: qMain}
+		if i, ok := pos[f.ck]; ok {
+			se := order[i]
+			e.freq = se.freq
+			if sameBoot && se.trusted && f.stOK && se.st == f.st && f.st.size == f.size {
+				e.trusted, e.checked = true, se.st
+			}
+		}
 		c.m[f.ck] = e
 		c.main.push(e)
 		c.bytes += f.size
@@ -371,7 +415,8 @@ func (c *Cache) scanDir(i int) ([]found, error) {
 			os.Remove(path)
 			continue
 		}
-		out = append(out, found{ck, info.Size(), info.ModTime()})
+		st, stOK := stampOf(info)
+		out = append(out, found{ck, info.Size(), info.ModTime(), st, stOK})
 	}
 	return out, nil
 }
@@ -426,9 +471,61 @@ func (c *Cache) tmpPath() string {
 // damaged record is deleted and counted. On a miss p's content is
 // unspecified.
 func (c *Cache) Get(key string, idx int64, p []byte) (n int, ok bool) {
-	if len(key) > MaxKey || idx < 0 {
-		c.misses.Add(1)
+	o, ok := c.openChunk(key, idx, int64(len(p)), true)
+	if !ok {
 		return 0, false
+	}
+	defer o.f.Close()
+	if !c.readChunk(&o, key, idx, p[:o.dl]) {
+		return 0, false
+	}
+	c.hits.Add(1)
+	return int(o.dl), true
+}
+
+// Lease opens chunk idx of blob key for reading in place (sendfile): its
+// data are the n bytes of f at off. The record is checked as Get checks it
+// (a trusted one, state.go, only by its stamp), and f stays readable after
+// an eviction or Drop. The caller closes f. A chunk that is not there is
+// not counted as a miss (the caller reads with Get next, which counts it);
+// damage is.
+func (c *Cache) Lease(key string, idx int64) (f *os.File, off, n int64, ok bool) {
+	o, ok := c.openChunk(key, idx, maxData, false)
+	if !ok {
+		return nil, 0, 0, false
+	}
+	if !c.readChunk(&o, key, idx, nil) {
+		o.f.Close()
+		return nil, 0, 0, false
+	}
+	c.hits.Add(1)
+	return o.f, int64(hdrFixed + len(key)), o.dl, true
+}
+
+// leaseBufs are scratch buffers for checking leased records.
+var leaseBufs = sync.Pool{New: func() any { return new([]byte) }}
+
+// opened is a chunk file opened under the index lock.
+type opened struct {
+	f       *os.File
+	e       *entry
+	path    string
+	dl      int64 // data length
+	trusted bool  // e.checked was trusted (or pending) when opened
+	st      stamp
+}
+
+// openChunk opens the record of (key, idx) if the index has it and its
+// data fits in limit bytes; misses are counted if count.
+func (c *Cache) openChunk(key string, idx, limit int64, count bool) (opened, bool) {
+	miss := func() {
+		if count {
+			c.misses.Add(1)
+		}
+	}
+	if len(key) > MaxKey || idx < 0 {
+		miss()
+		return opened{}, false
 	}
 	ck := ckey{hashKey(key), idx}
 	path := c.chunkPath(ck)
@@ -436,29 +533,29 @@ func (c *Cache) Get(key string, idx int64, p []byte) (n int, ok bool) {
 	e := c.m[ck]
 	if c.closed || e == nil || !e.present {
 		c.mu.Unlock()
-		c.misses.Add(1)
-		return 0, false
+		miss()
+		return opened{}, false
 	}
 	dl := e.size - int64(hdrFixed+len(key)+trailerLen)
-	if dl < 0 || dl > int64(len(p)) {
+	if dl < 0 || dl > limit {
 		c.mu.Unlock()
 		if dl < 0 {
 			// The file cannot hold this key: not our record.
 			c.damaged(e, path)
 		}
-		c.misses.Add(1)
-		return 0, false
+		miss()
+		return opened{}, false
 	}
 	// Opened under the lock, so the file is the one the index names; once
 	// open it stays readable even if evicted meanwhile.
 	f, err := os.Open(path)
-	touch := false
-	if err == nil && e.freq == 0 {
-		touch = true
-	}
 	if err == nil && e.freq < 3 {
 		e.freq++
+		c.gen.Add(1)
 	}
+	// A pending record is trusted in this process already: it was written
+	// or checked here; only the state file waits for the syncfs.
+	o := opened{f: f, e: e, path: path, dl: dl, trusted: e.trusted || e.pending, st: e.checked}
 	c.mu.Unlock()
 	if err != nil {
 		if errors.Is(err, os.ErrNotExist) {
@@ -466,47 +563,86 @@ func (c *Cache) Get(key string, idx int64, p []byte) (n int, ok bool) {
 		} else {
 			c.readErrors.Add(1)
 		}
-		c.misses.Add(1)
-		return 0, false
+		miss()
+		return opened{}, false
 	}
-	defer f.Close()
+	return o, true
+}
+
+// readChunk reads an opened record's data into data (len o.dl). A record
+// trusted with the stamp the file still has is only read (data nil: not
+// even that, Lease); any other is read whole (data nil: into a scratch
+// buffer) and checked, and trusted from then on if its stamp is old enough. On failure the miss is counted (and
+// damage handled).
+func (c *Cache) readChunk(o *opened, key string, idx int64, data []byte) bool {
+	st, stOK := fstamp(o.f)
+	if o.trusted && stOK && st == o.st {
+		if data == nil {
+			return true
+		}
+		if _, err := o.f.ReadAt(data, int64(hdrFixed+len(key))); err != nil {
+			c.readFailed(o.e, o.path, err)
+			return false
+		}
+		return true
+	}
+	if data == nil { // Lease: check it in a scratch buffer
+		bp := leaseBufs.Get().(*[]byte)
+		defer leaseBufs.Put(bp)
+		if int64(cap(*bp)) < o.dl {
+			*bp = make([]byte, o.dl)
+		}
+		data = (*bp)[:o.dl]
+	}
+	o.trusted = false
+	now := time.Now()
+	c.checks.Add(1)
 	hdr := make([]byte, hdrFixed+len(key))
-	tr := make([]byte, trailerLen+1) // one more: the file must end with the CRC
-	data := p[:dl]
-	if _, err := f.ReadAt(hdr, 0); err != nil {
-		return c.readFailed(e, path, err)
+	var trb [trailerLen + 1]byte // one more: the file must end with the CRC
+	tr := trb[:]
+	if _, err := o.f.ReadAt(hdr, 0); err != nil {
+		c.readFailed(o.e, o.path, err)
+		return false
 	}
-	if _, err := f.ReadAt(data, int64(len(hdr))); err != nil {
-		return c.readFailed(e, path, err)
+	if _, err := o.f.ReadAt(data, int64(len(hdr))); err != nil {
+		c.readFailed(o.e, o.path, err)
+		return false
 	}
-	if n, err := f.ReadAt(tr, int64(len(hdr))+dl); n != trailerLen || err != io.EOF {
+	if n, err := o.f.ReadAt(tr, int64(len(hdr))+o.dl); n != trailerLen || err != io.EOF {
 		if err == nil {
 			err = io.EOF // longer than its record: garbage appended
 		}
-		return c.readFailed(e, path, err)
+		c.readFailed(o.e, o.path, err)
+		return false
 	}
 	tr = tr[:trailerLen]
-	if !checkHeader(hdr, kindChunk, key, idx, dl) || !checkCRC(hdr, data, tr) {
-		c.damaged(e, path)
+	if !checkHeader(hdr, kindChunk, key, idx, o.dl) || !checkCRC(hdr, data, tr) {
+		c.damaged(o.e, o.path)
 		c.misses.Add(1)
-		return 0, false
+		return false
 	}
-	if touch {
-		now := time.Now()
-		os.Chtimes(path, now, now) // best effort: recency for the next Open
+	// The stamp taken before the reads: a change during them makes the
+	// file's stamp differ from it later.
+	if stOK && st.size == o.e.size && trustworthy(st, now) {
+		c.mu.Lock()
+		if c.m[o.e.ck] == o.e {
+			if !o.e.pending {
+				c.npending++
+			}
+			o.e.trusted, o.e.pending, o.e.checked = false, true, st
+		}
+		c.mu.Unlock()
 	}
-	c.hits.Add(1)
-	return int(dl), true
+	return true
 }
 
-func (c *Cache) readFailed(e *entry, path string, err error) (int, bool) {
+func (c *Cache) readFailed(e *entry, path string, err error) {
 	if errors.Is(err, io.EOF) {
 		c.damaged(e, path) // truncated
 	} else {
 		c.readErrors.Add(1)
 	}
 	c.misses.Add(1)
-	return 0, false
 }
 
 // damaged removes e (if it is still the index's entry) and its file.
@@ -532,6 +668,16 @@ func (c *Cache) removeLocked(e *entry) {
 	e.q = qNone
 	delete(c.m, e.ck)
 	c.bytes -= e.size
+	c.gen.Add(1)
+	c.unpend(e)
+}
+
+// unpend takes a removed entry out of the pending count. c.mu is held.
+func (c *Cache) unpend(e *entry) {
+	if e.pending {
+		e.pending = false
+		c.npending--
+	}
 }
 
 // Put stores data as chunk idx of blob key, if it is not there already.
@@ -587,6 +733,14 @@ func (c *Cache) Put(key string, idx int64, data []byte) {
 	}
 	if err == nil && mine {
 		e.present = true
+		c.gen.Add(1)
+		// What we wrote is what the file holds, once written back.
+		if fi, serr := os.Lstat(c.chunkPath(ck)); serr == nil && fi.Size() == size {
+			if st, ok := stampOf(fi); ok {
+				e.pending, e.checked = true, st
+				c.npending++
+			}
+		}
 		if _, ok := c.ghost[ck]; ok {
 			delete(c.ghost, ck)
 			e.q = qMain
@@ -699,6 +853,8 @@ func (c *Cache) evictLocked(e *entry) {
 	delete(c.m, e.ck)
 	c.bytes -= e.size
 	c.evictions.Add(1)
+	c.gen.Add(1)
+	c.unpend(e)
 	os.Remove(c.chunkPath(e.ck))
 }
 
@@ -832,10 +988,11 @@ func (c *Cache) Stats() Stats {
 	s.Hits, s.Misses = c.hits.Load(), c.misses.Load()
 	s.Evictions, s.CheckFailures = c.evictions.Load(), c.checkFailures.Load()
 	s.WriteErrors, s.ReadErrors, s.Skips = c.writeErrors.Load(), c.readErrors.Load(), c.skips.Load()
+	s.Checks = c.checks.Load()
 	return s
 }
 
-// Close waits for writes in flight and releases the lock. Afterwards Get
+// Close waits for writes in flight, saves the state file and releases the lock. Afterwards Get
 // misses and Put does nothing.
 func (c *Cache) Close() error {
 	c.mu.Lock()
@@ -846,6 +1003,12 @@ func (c *Cache) Close() error {
 	c.closed = true
 	c.mu.Unlock()
 	c.writers.Wait()
+	close(c.stopSaver)
+	<-c.saverDone
+	c.saveState()
+	if c.syncFile != nil {
+		c.syncFile.Close()
+	}
 	c.unlock()
 	return nil
 }

@@ -233,7 +233,9 @@ func truncate(t *testing.T, path string, size int64) {
 
 func TestCorruption(t *testing.T) {
 	const key, stranger = "oci:sha256:feed", "other"
-	for _, mode := range []string{"live", "restart"} {
+	// trusted-*: every record was checked (and trusted, state.go) before
+	// the damage, which must be noticed by the file's changed stamp.
+	for _, mode := range []string{"live", "restart", "trusted-live", "trusted-restart"} {
 		for _, tc := range corruptions {
 			t.Run(mode+"/"+tc.name, func(t *testing.T) {
 				dir := t.TempDir()
@@ -245,11 +247,17 @@ func TestCorruption(t *testing.T) {
 				c.Put(stranger, 1, content(stranger, 1, 4000+len(key)-len(stranger)))
 				path := c.chunkPath(ckey{hashKey(key), 1})
 				other := c.chunkPath(ckey{hashKey(key), 2})
-				if mode == "restart" {
+				trusted := strings.HasPrefix(mode, "trusted-")
+				if trusted {
+					trust(t, c, key, 4, 4000)
+					expect(t, c, stranger, 1, content(stranger, 1, 4000+len(key)-len(stranger)))
+				}
+				restart := strings.HasSuffix(mode, "restart")
+				if restart {
 					c.Close()
 				}
 				tc.fn(t, path, other, c.chunkPath(ckey{hashKey(stranger), 1}))
-				if mode == "restart" {
+				if restart {
 					c = open(t, dir, 1<<20)
 				}
 				before := c.Stats().CheckFailures
@@ -260,10 +268,10 @@ func TestCorruption(t *testing.T) {
 				// the rest at Get); a file that vanished while closed is
 				// simply not in the index.
 				s := c.Stats()
-				if s.CheckFailures == 0 && !(mode == "restart" && strings.HasPrefix(tc.name, "deleted") || strings.HasPrefix(tc.name, "directory")) {
+				if s.CheckFailures == 0 && !(restart && strings.HasPrefix(tc.name, "deleted") || strings.HasPrefix(tc.name, "directory")) {
 					t.Fatalf("damage not counted: %+v", s)
 				}
-				if mode == "live" && s.CheckFailures != before+1 {
+				if !restart && s.CheckFailures != before+1 {
 					t.Fatalf("CheckFailures %d -> %d", before, s.CheckFailures)
 				}
 				// The damaged file is gone, the index agrees, a refetch stores it again.

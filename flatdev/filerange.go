@@ -8,7 +8,10 @@ import (
 	"github.com/erofs-blockd/erofs-blockd/mapping"
 )
 
-var _ blockdev.FileRanger = (*Device)(nil)
+var (
+	_ blockdev.FileRanger = (*Device)(nil)
+	_ blockdev.FileLeaser = (*Device)(nil)
+)
 
 var errSplit = errors.New("range crosses extents")
 
@@ -27,6 +30,44 @@ type ZeroCopySource interface {
 // content cache's readers) never qualify, so zero-copy cannot bypass them.
 // Truncation since composition is not checked here.
 func (d *Device) FileRange(off, length int64) (*os.File, int64, bool) {
+	src, devOff, ok := d.oneRun(off, length)
+	if !ok {
+		return nil, 0, false
+	}
+	f, ok := src.R.(*os.File)
+	zc, isZC := src.R.(ZeroCopySource)
+	if !ok && isZC {
+		f, ok = zc.ZeroCopyFile()
+	}
+	if !ok {
+		return nil, 0, false
+	}
+	if isZC {
+		zc.CountZeroCopy(length)
+	}
+	return f, devOff, true
+}
+
+// FileLease implements blockdev.FileLeaser: FileRange, and also ranges of
+// an input that lends files itself (a remote blob's stored chunk, through
+// its blobcache.Backend), under the same conditions.
+func (d *Device) FileLease(off, length int64) (*os.File, int64, func(), bool) {
+	src, devOff, ok := d.oneRun(off, length)
+	if !ok {
+		return nil, 0, nil, false
+	}
+	if l, ok := src.R.(blockdev.FileLeaser); ok {
+		if f, foff, release, ok := l.FileLease(devOff, length); ok {
+			return f, foff, release, true
+		}
+	}
+	f, foff, ok := d.FileRange(off, length)
+	return f, foff, nil, ok
+}
+
+// oneRun returns the input holding all of [off, off+length) as data below
+// its size, clear of the primary's overlay.
+func (d *Device) oneRun(off, length int64) (*Source, int64, bool) {
 	if off < 0 || length <= 0 || length > d.m.Size()-off {
 		return nil, 0, false
 	}
@@ -43,12 +84,7 @@ func (d *Device) FileRange(off, length int64) (*os.File, int64, bool) {
 		return nil, 0, false
 	}
 	src := &d.srcs[run.Dev]
-	f, ok := src.R.(*os.File)
-	zc, isZC := src.R.(ZeroCopySource)
-	if !ok && isZC {
-		f, ok = zc.ZeroCopyFile()
-	}
-	if !ok || run.DevOff+length > src.Size {
+	if run.DevOff+length > src.Size {
 		return nil, 0, false
 	}
 	if run.Dev == 0 {
@@ -58,10 +94,7 @@ func (d *Device) FileRange(off, length int64) (*os.File, int64, bool) {
 			}
 		}
 	}
-	if isZC {
-		zc.CountZeroCopy(length)
-	}
-	return f, run.DevOff, true
+	return src, run.DevOff, true
 }
 
 // Prefetch implements blockdev.Prefetcher (NBD_CMD_CACHE, trace replay):

@@ -314,6 +314,7 @@ func (m *Metrics) AddSource(src string) {
 type DiskCacheStats struct {
 	Bytes, CapacityBytes, Entries                                   int64
 	Hits, Misses, Evictions, CheckFailures, WriteErrors, DigestFail uint64
+	Checks                                                          uint64
 }
 
 type diskCollector struct{ fn func() DiskCacheStats }
@@ -328,10 +329,11 @@ var (
 	descDCheck    = prometheus.NewDesc(ns+"_disk_cache_check_failures_total", "Chunks found damaged on disk (checksum, length, key) and dropped; they are refetched.", nil, nil)
 	descDWriteErr = prometheus.NewDesc(ns+"_disk_cache_write_errors_total", "Chunk writes that failed (disk full, read-only, I/O error); serving continues from the network.", nil, nil)
 	descDDigest   = prometheus.NewDesc(ns+"_disk_cache_digest_failures_total", "Fully cached OCI blobs whose bytes did not match their digest (their chunks were dropped).", nil, nil)
+	descDChecks   = prometheus.NewDesc(ns+"_disk_cache_checks_total", "Chunk files read whole and checksummed (the first read in a boot, or after the file changed); later reads trust the file while it is unchanged.", nil, nil)
 )
 
 func (c *diskCollector) Describe(ch chan<- *prometheus.Desc) {
-	for _, d := range []*prometheus.Desc{descDBytes, descDCap, descDEntries, descDHits, descDMisses, descDEvict, descDCheck, descDWriteErr, descDDigest} {
+	for _, d := range []*prometheus.Desc{descDBytes, descDCap, descDEntries, descDHits, descDMisses, descDEvict, descDCheck, descDWriteErr, descDDigest, descDChecks} {
 		ch <- d
 	}
 }
@@ -347,4 +349,5 @@ func (c *diskCollector) Collect(ch chan<- prometheus.Metric) {
 	ch <- prometheus.MustNewConstMetric(descDCheck, prometheus.CounterValue, float64(s.CheckFailures))
 	ch <- prometheus.MustNewConstMetric(descDWriteErr, prometheus.CounterValue, float64(s.WriteErrors))
 	ch <- prometheus.MustNewConstMetric(descDDigest, prometheus.CounterValue, float64(s.DigestFail))
+	ch <- prometheus.MustNewConstMetric(descDChecks, prometheus.CounterValue, float64(s.Checks))
 }

@@ -37,6 +37,7 @@ type conn struct {
 	mapper     blockdev.Mapper
 	prefetcher blockdev.Prefetcher
 	ranger     blockdev.FileRanger // zero-copy READs; nil with TLS
+	leaser     blockdev.FileLeaser // the same for lent files (preferred)
 	devSize    int64               // Device.Size()
 	size       int64               // readable range (devSize, or KernelSize on the kernel path)
 	structured bool
@@ -157,6 +158,7 @@ func (c *conn) setupTransmission(e *Export, structured, meta, kernel bool) {
 	c.prefetcher, _ = e.Device.(blockdev.Prefetcher)
 	if _, sock := c.raw.(syscall.Conn); sock && c.nc == c.raw { // not with TLS
 		c.ranger, _ = e.Device.(blockdev.FileRanger)
+		c.leaser, _ = e.Device.(blockdev.FileLeaser)
 	}
 	c.devSize = e.Device.Size()
 	c.size = c.devSize

@@ -38,6 +38,7 @@ type reply struct {
 
 	f          *os.File
 	fOff, fLen int64
+	release    func()  // returns a lent f (blockdev.FileLeaser) once sent or dropped
 	req        request // for the log when f comes up short
 }
 
@@ -185,6 +186,9 @@ func (c *conn) sendFile(r *reply) error {
 func (c *conn) written(r *reply) {
 	if r.bp != nil {
 		c.srv.bufs.put(r.bp)
+	}
+	if r.release != nil {
+		r.release()
 	}
 	c.release(r.cost)
 }

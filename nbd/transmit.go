@@ -6,6 +6,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"os"
 	"time"
 )
 
@@ -262,14 +263,27 @@ func (c *conn) zeroCopy(r request) bool {
 	if n > c.devSize-off {
 		return false // the kernel path's zero tail
 	}
-	f, foff, ok := c.ranger.FileRange(off, n)
+	var (
+		f       *os.File
+		foff    int64
+		release func()
+		ok      bool
+	)
+	if c.leaser != nil {
+		f, foff, release, ok = c.leaser.FileLease(off, n)
+	} else {
+		f, foff, ok = c.ranger.FileRange(off, n)
+	}
 	if !ok {
 		return false
 	}
 	if st, err := f.Stat(); err != nil || st.Size() < foff+n {
+		if release != nil {
+			release()
+		}
 		return false
 	}
-	rp := reply{f: f, fOff: foff, fLen: n, req: r}
+	rp := reply{f: f, fOff: foff, fLen: n, release: release, req: r}
 	if c.structured {
 		putChunkHeader(rp.small[:], replyFlagDone, replyTypeData, r.cookie, uint32(8+n))
 		binary.BigEndian.PutUint64(rp.small[structHdrLen:], r.offset)

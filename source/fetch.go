@@ -10,6 +10,7 @@ import (
 	"math/rand/v2"
 	"net/http"
 	"net/url"
+	"os"
 	"strconv"
 	"strings"
 	"sync"
@@ -56,7 +57,7 @@ type requester interface {
 type Stats struct {
 	Requests, Bytes, Retries, Errors uint64
 	InFlight                         int64
-	StoreHits                        uint64 // chunks read from the ChunkStore
+	StoreHits                        uint64 // chunks read (or lent, FileLease) from the ChunkStore
 }
 
 // remote is a lazily read blob behind ranged GETs.
@@ -75,15 +76,16 @@ type remote struct {
 	keep *keeper
 	// store is the persistent chunk store (nil: none); storeKey names
 	// this blob's content and chunking in it.
-	store     ChunkStore
-	storeKey  string
-	storeHits atomic.Uint64
-	digest    string         // OCI: the blob's digest, checked once it is all stored
-	stored    map[int64]bool // chunks known to be in the store (guarded by mu)
-	verifying bool           // a digest check runs (guarded by mu)
-	verified  bool           // the stored chunks passed it (guarded by mu)
-	onDigest  func(name string, err error)
-	sums      *chunkSums // chunk digests known to the Opener
+	store      ChunkStore
+	storeKey   string
+	storeHits  atomic.Uint64
+	digest     string         // OCI: the blob's digest, checked once it is all stored
+	stored     map[int64]bool // chunks known to be in the store (guarded by mu)
+	verifying  bool           // a digest check runs (guarded by mu)
+	verified   bool           // the stored chunks passed it (guarded by mu)
+	verifyDone chan struct{}  // closed when the running check ends (guarded by mu)
+	onDigest   func(name string, err error)
+	sums       *chunkSums // chunk digests known to the Opener
 
 	mu      sync.Mutex
 	chunks  map[int64]*chunkFetch
@@ -116,7 +118,30 @@ type chunkFetch struct {
 func (r *remote) Size() int64      { return r.size }
 func (r *remote) Name() string     { return r.name }
 func (r *remote) Identity() string { return r.id }
-func (r *remote) Close() error     { return nil }
+
+// verifyWait bounds how long Close waits for a digest check in progress.
+const verifyWait = 30 * time.Second
+
+// Close waits (up to verifyWait) for a digest check of the stored chunks
+// that is running, so that a blob filled just before a shutdown is not
+// hashed again after the restart.
+func (r *remote) Close() error {
+	if r == nil {
+		return nil // a failed open's result (Close was always safe on it)
+	}
+	r.mu.Lock()
+	ch := r.verifyDone
+	r.mu.Unlock()
+	if ch != nil {
+		t := time.NewTimer(verifyWait)
+		defer t.Stop()
+		select {
+		case <-ch:
+		case <-t.C:
+		}
+	}
+	return nil
+}
 
 // Stats returns the counters.
 func (r *remote) Stats() Stats {
@@ -139,6 +164,9 @@ func (r *remote) ReadAt(p []byte, off int64) (int, error) {
 		want, eof = r.size-off, io.EOF
 	}
 	first, last := off/r.chunk, (off+want-1)/r.chunk
+	if r.readStored(p[:want], off, first, last) {
+		return int(want), eof
+	}
 	fetches := r.claim(first, last)
 	if lo, hi := r.sequential(off, off+want, last); lo <= hi {
 		// A sequential reader: start the next chunks now, without waiting.
@@ -182,6 +210,83 @@ func (r *remote) Prefetch(off, n int64) error {
 		}
 	}
 	return nil
+}
+
+// readStored reads p at off (chunks first..last) straight from the chunk
+// files of a store that lends them (ChunkLeaser), when every one of those
+// chunks is stored: one pread per chunk into p, no fetch machinery, no
+// chunk-sized buffers, no readahead (the store is local). false (nothing
+// stored, a damaged file, an I/O error): the caller reads as usual, which
+// handles all of those.
+func (r *remote) readStored(p []byte, off, first, last int64) bool {
+	l, ok := r.store.(ChunkLeaser)
+	if !ok || last-first >= maxMerge {
+		return false
+	}
+	for i := first; i <= last; i++ {
+		f, doff, dn, ok := l.Lease(r.storeKey, i)
+		if !ok {
+			return false
+		}
+		cs := i * r.chunk
+		lo, hi := max(off, cs), min(off+int64(len(p)), cs+dn)
+		var err error
+		if dn != int64(r.chunkLen(i)) || hi <= lo {
+			err = io.ErrUnexpectedEOF
+		} else {
+			_, err = f.ReadAt(p[lo-off:hi-off], doff+lo-cs)
+		}
+		f.Close()
+		if err != nil {
+			return false
+		}
+	}
+	r.storeHits.Add(uint64(last - first + 1))
+	r.noteStored(first, last)
+	return true
+}
+
+// noteStored marks chunks first..last as stored, for the digest check of
+// an OCI blob, unless they already are.
+func (r *remote) noteStored(first, last int64) {
+	if r.digest == "" {
+		return
+	}
+	for i := first; i <= last; i++ {
+		r.mu.Lock()
+		known := r.stored[i]
+		r.mu.Unlock()
+		if !known {
+			r.markStored(i, 1)
+		}
+	}
+}
+
+// FileLease lends the stored chunk file holding [off, off+n), when the
+// range lies inside one chunk the ChunkStore has and can lend
+// (ChunkLeaser): the bytes are f's at fileOff, and release closes f once
+// the caller is done with it. It does not fetch; on false the caller reads
+// with ReadAt.
+func (r *remote) FileLease(off, n int64) (f *os.File, fileOff int64, release func(), ok bool) {
+	l, can := r.store.(ChunkLeaser)
+	if !can || n <= 0 || off < 0 || n > r.size-off {
+		return nil, 0, nil, false
+	}
+	idx := off / r.chunk
+	if (off+n-1)/r.chunk != idx {
+		return nil, 0, nil, false
+	}
+	f, doff, dn, ok := l.Lease(r.storeKey, idx)
+	if !ok {
+		return nil, 0, nil, false
+	}
+	if dn != int64(r.chunkLen(idx)) {
+		f.Close()
+		return nil, 0, nil, false
+	}
+	r.storeHits.Add(1)
+	r.noteStored(idx, idx)
+	return f, doff + off - idx*r.chunk, func() { f.Close() }, true
 }
 
 // sequential records a read of [off, end) whose last chunk is last and
@@ -337,12 +442,18 @@ func (r *remote) markStored(first int64, n int) {
 		r.stored[first+int64(i)] = true
 	}
 	start := !r.verifying && !r.verified && int64(len(r.stored)) == nchunks
+	var done chan struct{}
 	if start {
 		r.verifying = true
+		done = make(chan struct{})
+		r.verifyDone = done
 	}
 	r.mu.Unlock()
 	if start {
-		go r.verifyDigest()
+		go func() {
+			defer close(done)
+			r.verifyDigest()
+		}()
 	}
 }
 

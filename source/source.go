@@ -85,6 +85,15 @@ type ChunkStore interface {
 	Drop(key string)
 }
 
+// ChunkLeaser is a ChunkStore that can lend the file holding a stored
+// chunk, so its bytes go to a socket with sendfile (diskcache.Cache.Lease):
+// the chunk's data are the n bytes of f at off, checked as Get checks
+// them; the caller closes f. A miss is not counted (the caller then reads
+// with Get, which counts it).
+type ChunkLeaser interface {
+	Lease(key string, idx int64) (f *os.File, off, n int64, ok bool)
+}
+
 // Observer is told about the requests of remote sources; source is the
 // blob's redacted name. Package metrics implements it. Calls come from many
 // goroutines at once.
