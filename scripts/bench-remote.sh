@@ -709,6 +709,7 @@ if s8:
               "%.3fx (%.3fx)" % (a["fetched"] / s8uniq, mx / s8uniq), a["reqs"]))
     print("wall: server exec -> last copy done; copy: socket -> last copy done.")
 tr = [(rtt, s) for rtt in order("rtt_ms") for s in order("server") if not s.endswith("+trace") and (rtt, "trace10", s) in agg]
+tr = list(dict.fromkeys(tr))
 if tr:
     print()
     print("Trace prefetch (trace10): the working set (%s files, %d bytes) read cold, t0 = server start -> last byte; medians" % (nsel, selbytes))
