@@ -54,6 +54,27 @@
 #             read $FRACTION% of the regular files (a fixed random sample,
 #             seed $SEED) completely: ttfb = t0 -> first byte of any file,
 #             finish = t0 -> last byte. curl: t0 = start of the downloads.
+#   share8    (opt-in; erofs-blockd, -chunkN, -parN only) 8 images sharing 2
+#             base layers: image i = merge index p_i (erofs-blockd merge, a
+#             metadata primary) + base1 + base2 + own_i, each layer an EROFS
+#             of real files from /usr/lib (mkfs.erofs -Enoinline_data; bases
+#             ~$S8BASE bytes, own layers ~$S8OWN; built once in $BENCH_DIR),
+#             pushed to 8 repositories bench/shareI (the bases under the same
+#             digest in every one). ONE serve with 8 --export shareI=oci://..
+#             and a new empty --cache-dir per measurement; 8 parallel
+#             `nbdcopy nbd+unix:///shareI?socket=.. - | md5sum`, each checked
+#             against the md5 of `compose -o` of the local files (a mismatch
+#             stops the bench). time = socket -> last copy done; fetch/rd =
+#             registry bytes / unique bytes (8 primaries + 2 bases + 8 own
+#             layers; goal <= 1.05)
+#   trace10   (opt-in; erofs-blockd, -chunkN, -parN only) trace prefetch:
+#             once per run (untimed) a server with --record-trace FILE and
+#             the mount10 working-set read, stopped with SIGTERM (the trace
+#             is flushed at exit); then per round two measurements, each
+#             with a new empty --cache-dir, t0 = server start -> last byte of
+#             the same working-set read: SERVER (no trace) and SERVER+trace
+#             (--prefetch-trace FILE), order alternating per round. Goal at
+#             RTT 10 ms: time without / time with >= 2
 # Bytes fetched = the sum of http.response.written over the registry's
 # "response completed" lines logged during the measurement (GETs and HEADs;
 # the probes included); requests = the number of those lines. CPU: utime +
@@ -66,11 +87,14 @@
 #      RTTS="0 10" (ms) SERVERS="erofs-blockd nbdkit-curl curl"
 #      WORKLOADS="nbdcopy rand4k mount10" RUNTIME=8 FRACTION=10 SEED=1
 #      READERS=4 EB_ARGS="" (extra serve flags for every erofs-blockd)
+#      S8BASE=33554432 S8OWN=4194304 (share8 layer sizes)
 #      EB_ENV="" (environment for erofs-blockd, e.g. GOGC=400)
 #      PROFILE=0 (1: a CPU profile, perf, of erofs-blockd during nbdcopy and
 #      mount10 at the last RTT) BENCH_DIR=out/bench-remote (image kept there;
 #      delete it to rebuild)
 # Default duration on 2 cores: ~1 min set-up (first time) + ~2.5 min per round.
+# share8 + trace10 at RTT 10 (WORKLOADS="share8 trace10" RTTS=10
+# SERVERS=erofs-blockd): ~1 min more set-up, then ~1 min per round.
 set -euo pipefail
 
 ROOT=$(cd "$(dirname "$0")/.." && pwd)
@@ -89,6 +113,9 @@ READERS=${READERS:-4}
 EB_ARGS=${EB_ARGS:-}
 EB_ENV=${EB_ENV:-}
 PROFILE=${PROFILE:-0}
+S8BASE=${S8BASE:-33554432}
+S8OWN=${S8OWN:-4194304}
+S8N=8
 W=${BENCH_DIR:-$ROOT/out/bench-remote}
 export PATH=$PATH:/usr/local/go/bin
 
@@ -96,7 +123,10 @@ for t in go mkfs.erofs docker-registry curl nbdkit nbdcopy nbdfuse fio python3 s
 	command -v "$t" >/dev/null || { echo "bench-remote: missing $t (run scripts/deps.sh)" >&2; exit 2; }
 done
 fio --enghelp=nbd >/dev/null 2>&1 || { echo "bench-remote: this fio has no nbd ioengine" >&2; exit 2; }
-[ "$(id -u)" = 0 ] || case " $WORKLOADS " in *" mount10 "*) echo "bench-remote: mount10 needs root" >&2; exit 2 ;; esac
+has_wl() { case " $WORKLOADS " in *" $1 "*) return 0 ;; esac; return 1; }
+for wl in mount10 trace10; do
+	[ "$(id -u)" = 0 ] || ! has_wl $wl || { echo "bench-remote: $wl needs root" >&2; exit 2; }
+done
 
 mkdir -p "$W/bin"
 W=$(cd "$W" && pwd)
@@ -165,6 +195,56 @@ BLOBBYTES=0
 for b in "${BLOBS[@]}"; do BLOBBYTES=$((BLOBBYTES + $(stat -c %s "$b"))); done
 log "device $DEVSIZE bytes = primary $(stat -c %s "${BLOBS[0]}") + $((${#BLOBS[@]} - 1)) blobs; $NFILES files ($TREEBYTES bytes); working set $NSEL files, $SELBYTES bytes"
 
+# ---- share8: 8 images over 2 shared base layers -----------------------------
+S8=$W/share8-$S8BASE-$S8OWN
+S8LAYERS=(base1 base2 $(seq -f own%g "$S8N"))
+if has_wl share8 && [ ! -f "$S8/ready" ]; then
+	rm -rf "$S8" && mkdir -p "$S8"
+	log "share8: copying 2 x ~$S8BASE + $S8N x ~$S8OWN bytes of files from /usr/lib (disjoint sets)"
+	find /usr/lib -xdev -type f -readable -size -8M -print0 2>/dev/null | sort -z | python3 -c '
+import os, sys
+base, own, n, out = int(sys.argv[1]), int(sys.argv[2]), int(sys.argv[3]), sys.argv[4]
+names = ["base1", "base2"] + ["own%d" % i for i in range(1, n + 1)]
+limits = [base, base] + [own] * n
+k, total, lists = 0, 0, [[] for _ in names]
+for p in sys.stdin.buffer.read().split(b"\0"):
+    if not p or b"\n" in p:
+        continue
+    try:
+        total += os.lstat(p).st_size
+    except OSError:
+        continue
+    lists[k].append(p)
+    if total >= limits[k]:
+        k, total = k + 1, 0
+        if k == len(names):
+            break
+if k < len(names):
+    sys.exit("share8: not enough files in /usr/lib")
+for nm, l in zip(names, lists):
+    open(os.path.join(out, nm + ".files"), "wb").write(b"\0".join(l))' "$S8BASE" "$S8OWN" "$S8N" "$S8"
+	for l in "${S8LAYERS[@]}"; do
+		rm -rf "$S8/tree" && mkdir "$S8/tree"
+		tar --null -T "$S8/$l.files" -cf - 2>/dev/null | tar -xf - -C "$S8/tree"
+		mkfs.erofs --quiet -T0 -Enoinline_data "$S8/$l.erofs" "$S8/tree" >/dev/null
+		rm -rf "$S8/tree" "$S8/$l.files"
+	done
+	log "share8: merge -o p1..p$S8N.erofs; md5 of compose -o of each image"
+	for i in $(seq "$S8N"); do
+		"$EB" merge -q -o "$S8/p$i.erofs" "$S8/base1.erofs" "$S8/base2.erofs" "$S8/own$i.erofs"
+		"$EB" compose --blob "$S8/p$i.erofs" --blob "$S8/base1.erofs" --blob "$S8/base2.erofs" --blob "$S8/own$i.erofs" -o "$S8/flat.img"
+		echo "$(md5sum <"$S8/flat.img" | cut -d' ' -f1) $(stat -c %s "$S8/flat.img")" >"$S8/p$i.md5"
+		rm -f "$S8/flat.img"
+	done
+	touch "$S8/ready"
+fi
+S8UNIQ=0 S8DEVBYTES=0
+if has_wl share8; then
+	for l in "${S8LAYERS[@]}" $(seq -f p%g "$S8N"); do S8UNIQ=$((S8UNIQ + $(stat -c %s "$S8/$l.erofs"))); done
+	for i in $(seq "$S8N"); do S8DEVBYTES=$((S8DEVBYTES + $(cut -d' ' -f2 "$S8/p$i.md5"))); done
+	log "share8: $S8N images, unique bytes $S8UNIQ (bases $(stat -c %s "$S8/base1.erofs") + $(stat -c %s "$S8/base2.erofs"), own ~$(stat -c %s "$S8/own1.erofs"), primaries ~$(stat -c %s "$S8/p1.erofs")); devices $S8DEVBYTES bytes in all"
+fi
+
 # ---- registry, proxies ----------------------------------------------------
 TMP=$(mktemp -d /tmp/bench-remote.XXXXXX)
 RUN=$TMP/run
@@ -204,10 +284,10 @@ for _ in $(seq 500); do curl -fs "http://$REG/v2/" >/dev/null && break; sleep 0.
 curl -fs "http://$REG/v2/" >/dev/null || { echo "bench-remote: registry did not start:" >&2; cat "$REGLOG" >&2; exit 1; }
 
 REPO=bench/img
-push() { # file -> prints sha256:HEX
-	local d loc u
+push() { # file [repo, default $REPO] -> prints sha256:HEX
+	local d loc u repo=${2:-$REPO}
 	d=sha256:$(sha256sum "$1" | cut -d' ' -f1)
-	loc=$(curl -fsS -i -X POST "http://$REG/v2/$REPO/blobs/uploads/" | tr -d '\r' | awk -F': ' 'tolower($1)=="location" {print $2}')
+	loc=$(curl -fsS -i -X POST "http://$REG/v2/$repo/blobs/uploads/" | tr -d '\r' | awk -F': ' 'tolower($1)=="location" {print $2}')
 	case $loc in *\?*) u="$loc&digest=$d" ;; *) u="$loc?digest=$d" ;; esac
 	case $u in http*) ;; *) u="http://$REG$u" ;; esac
 	curl -fsS -X PUT -H 'Content-Type: application/octet-stream' --data-binary "@$1" "$u" -o /dev/null
@@ -217,6 +297,13 @@ log "pushing ${#BLOBS[@]} blobs and the composed image to the registry at $REG"
 DIGESTS=()
 for b in "${BLOBS[@]}"; do DIGESTS+=("$(push "$b")"); done
 FLATDG=$(push "$DEV/flat.img")
+declare -A S8DG # layer name -> digest (the same in every repository)
+if has_wl share8; then
+	log "share8: pushing p_i + base1 + base2 + own_i to bench/share1..$S8N"
+	for i in $(seq "$S8N"); do
+		for l in "p$i" base1 base2 "own$i"; do S8DG[$l]=$(push "$S8/$l.erofs" "bench/share$i"); done
+	done
+fi
 
 declare -A PROXY PROXYPID
 for rtt in $RTTS; do
@@ -230,6 +317,8 @@ done
 # ---- servers --------------------------------------------------------------
 SPID=""
 SSOCK=$RUN/srv.sock
+XARGS=() # extra serve flags of the next erofs-blockd start (trace10, share8)
+SRCARGS=() # if set: the export flags of the next erofs-blockd start instead of --blob (share8)
 WARMDIR=$RUN/warm-cache # erofs-blockd-warm's --cache-dir
 waitsock() { # socket pid
 	for _ in $(seq 30000); do # 1 ms polls: start times of ~10 ms are compared
@@ -260,9 +349,13 @@ start() { # server rtt: a fresh server on $SSOCK
 		env $EB_ENV "$EB" serve "${BLOBS[@]/#/--blob=}" $(ebflags "$1") --listen "unix:$SSOCK" >"$RUN/srv.log" 2>&1 &
 		;;
 	erofs-blockd*)
-		for d in "${DIGESTS[@]}"; do a+=(--blob "oci://$p/$REPO@$d"); done
+		if [ ${#SRCARGS[@]} -gt 0 ]; then
+			a=("${SRCARGS[@]}")
+		else
+			for d in "${DIGESTS[@]}"; do a+=(--blob "oci://$p/$REPO@$d"); done
+		fi
 		# shellcheck disable=SC2046
-		env $EB_ENV "$EB" serve "${a[@]}" --insecure-registry "$p" $(ebflags "$1") --listen "unix:$SSOCK" >"$RUN/srv.log" 2>&1 &
+		env $EB_ENV "$EB" serve "${a[@]}" --insecure-registry "$p" $(ebflags "$1") "${XARGS[@]}" --listen "unix:$SSOCK" >"$RUN/srv.log" 2>&1 &
 		;;
 	nbdkit-curl)
 		nbdkit -r -f -U "$SSOCK" --filter=readahead --filter=cache curl "http://$p/v2/$REPO/blobs/$FLATDG" >"$RUN/srv.log" 2>&1 &
@@ -363,8 +456,46 @@ print(r["iops"], r["io_bytes"], r["runtime"] / 1000.0)' >"$RUN/fio.out"
 RES=$W/results.tsv
 # measure server workload rtt round: appends round rtt server workload
 # secs bytes iops ttfb fetched startup
+row() { # round rtt server workload secs bytes iops ttfb l0 l1 startup rc0 pc0 (SCPU set by stop) -> $RES
+	printf '%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\n' "$1" "$2" "$3" "$4" "$5" "$6" "$7" "$8" \
+		"$(fetched "$9" "${10}")" "${11}" "$(echo "$SCPU $HZ" | awk '{print $1/$2}')" \
+		"$(echo "${12} $(cpu "$REGPID") $HZ" | awk '{print ($2-$1)/$3}')" \
+		"$(echo "${13} $(cpu "${PROXYPID[$2]}") $HZ" | awk '{print ($2-$1)/$3}')" >>"$RES"
+}
+TRACE=$RUN/trace # trace10's recorded trace (once per run)
 measure() {
-	local s=$1 wl=$2 rtt=$3 r=$4 l0 l1 t0 t1 ts secs=0 bytes=0 iops=0 ttfb=0 up=0 rc0 pc0
+	local s=$1 wl=$2 rtt=$3 r=$4 l0 l1 t0 t1 ts secs=0 bytes=0 iops=0 ttfb=0 up=0 rc0 pc0 i d fail v sn
+	case $s/$wl in
+	erofs-blockd-warm/share8 | erofs-blockd-local/share8 | erofs-blockd-warm/trace10 | erofs-blockd-local/trace10) return 0 ;;
+	erofs-blockd*/trace10)
+		if [ ! -s "$TRACE" ]; then # untimed: record the working set's reads
+			XARGS=(--record-trace "$TRACE")
+			t0=$(now); start "$s" "$rtt"; mountread "$t0"
+			stop # SIGTERM: the trace is flushed and closed at exit
+			XARGS=()
+			log "round $r RTT ${rtt}ms $wl: recorded $TRACE: $(grep -vc '^#' "$TRACE") ranges, $(awk '!/^#/ {s += $3} END {print s + 0}' "$TRACE") bytes"
+			[ -s "$TRACE" ] || { echo "bench-remote: --record-trace wrote nothing" >&2; exit 1; }
+		fi
+		for v in $(if [ $((r % 2)) = 1 ]; then echo off on; else echo on off; fi); do
+			rm -rf "$RUN/tcache" && mkdir -p "$RUN/tcache"
+			XARGS=(--cache-dir "$RUN/tcache") sn=$s
+			[ "$v" = off ] || XARGS+=(--prefetch-trace "$TRACE") sn=$s+trace
+			l0=$(logpos) rc0=$(cpu "$REGPID") pc0=$(cpu "${PROXYPID[$rtt]}") SCPU=0
+			t0=$(now); start "$s" "$rtt"; ts=$(now)
+			mountread "$t0"
+			read -r ttfb secs bytes <"$RUN/read.out"
+			stop
+			XARGS=()
+			[ "$bytes" = "$SELBYTES" ] || echo "bench-remote: $sn read $bytes bytes of the working set, want $SELBYTES" >&2
+			[ "$v" = off ] || grep -h 'prefetch trace' "$RUN/srv.log" | tail -2 | sed "s/^/  $sn: /" >&2 || true
+			sleep 0.2
+			l1=$(logpos)
+			row "$r" "$rtt" "$sn" "$wl" "$secs" "$bytes" 0 "$ttfb" "$l0" "$l1" "$(echo "$t0 $ts" | awk '{print $2-$1}')" "$rc0" "$pc0"
+		done
+		rm -rf "$RUN/tcache"
+		return 0
+		;;
+	esac
 	case $s/$wl in
 	erofs-blockd-warm/*) # untimed: fill the cache dir by one whole-device read, stop
 		rm -rf "$WARMDIR"
@@ -410,6 +541,36 @@ measure() {
 		stop
 		up=$(echo "$t0 $ts" | awk '{print $2-$1}')
 		;;
+	erofs-blockd*/share8)
+		rm -rf "$RUN/s8cache" && mkdir -p "$RUN/s8cache"
+		SRCARGS=() XARGS=(--cache-dir "$RUN/s8cache")
+		for i in $(seq "$S8N"); do
+			d=oci://${PROXY[$rtt]}/bench/share$i
+			SRCARGS+=(--export "share$i=$d@${S8DG[p$i]},$d@${S8DG[base1]},$d@${S8DG[base2]},$d@${S8DG[own$i]}")
+		done
+		t0=$(now); start "$s" "$rtt"; ts=$(now)
+		SRCARGS=() XARGS=()
+		local cps=()
+		for i in $(seq "$S8N"); do
+			(nbdcopy "nbd+unix:///share$i?socket=$SSOCK" - | md5sum | cut -d' ' -f1 >"$RUN/s8-$i.md5") &
+			cps+=($!)
+		done
+		fail=0
+		for i in "${cps[@]}"; do wait "$i" || fail=1; done
+		t1=$(now)
+		stop
+		for i in $(seq "$S8N"); do
+			if [ "$(cat "$RUN/s8-$i.md5")" != "$(cut -d' ' -f1 "$S8/p$i.md5")" ]; then
+				echo "bench-remote: share8: export share$i: md5 $(cat "$RUN/s8-$i.md5"), compose -o of the local files: $(cut -d' ' -f1 "$S8/p$i.md5")" >&2
+				fail=1
+			fi
+		done
+		[ "$fail" = 0 ] || { echo "bench-remote: share8 failed (server log $RUN/srv.log):" >&2; tail -20 "$RUN/srv.log" >&2; exit 1; }
+		log "round $r RTT ${rtt}ms $wl: $s: $S8N md5s ok, $(du -sb "$RUN/s8cache" | cut -f1) bytes in --cache-dir"
+		rm -rf "$RUN/s8cache"
+		secs=$(echo "$ts $t1" | awk '{print $2-$1}') bytes=$S8DEVBYTES up=$(echo "$t0 $ts" | awk '{print $2-$1}')
+		;;
+	*/share8 | */trace10) return 0 ;;
 	*/mount10)
 		t0=$(now); start "$s" "$rtt"; ts=$(now)
 		mountread "$t0"
@@ -422,10 +583,10 @@ measure() {
 	esac
 	sleep 0.2 # the registry logs a response after sending it
 	l1=$(logpos)
-	printf '%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\n' "$r" "$rtt" "$s" "$wl" "$secs" "$bytes" "$iops" "$ttfb" \
-		"$(fetched "$l0" "$l1")" "$up" "$(echo "$SCPU $HZ" | awk '{print $1/$2}')" \
-		"$(echo "$rc0 $(cpu "$REGPID") $HZ" | awk '{print ($2-$1)/$3}')" \
-		"$(echo "$pc0 $(cpu "${PROXYPID[$rtt]}") $HZ" | awk '{print ($2-$1)/$3}')" >>"$RES"
+	if [ "$wl" = share8 ]; then # kept for a look at what was fetched twice
+		tail -c +$((l0 + 1)) "$REGLOG" | head -c $((l1 - l0)) >"$W/share8-rtt$rtt-round$r.reglog"
+	fi
+	row "$r" "$rtt" "$s" "$wl" "$secs" "$bytes" "$iops" "$ttfb" "$l0" "$l1" "$up" "$rc0" "$pc0"
 }
 
 printf 'round\trtt_ms\tserver\tworkload\tsecs\tbytes\tiops\tttfb\tfetched\trequests\tstartup\tsrv_cpu\treg_cpu\tproxy_cpu\n' >"$RES"
@@ -443,11 +604,13 @@ for r in $(seq "$ROUNDS"); do
 	log "round $r done; load: $(cut -d' ' -f1-3 /proc/loadavg)"
 done
 
-python3 - "$RES" "$ROUNDS" "$SELBYTES" "$NSEL" "$NFILES" "$DEVSIZE" "$BLOBBYTES" "$RUNTIME" "$READERS" "$BUILT" <<'EOF'
+python3 - "$RES" "$ROUNDS" "$SELBYTES" "$NSEL" "$NFILES" "$DEVSIZE" "$BLOBBYTES" "$RUNTIME" "$READERS" "$BUILT" "$S8UNIQ" "$S8DEVBYTES" "$S8N" <<'EOF'
 import csv, statistics as st, sys
 rows = list(csv.DictReader(open(sys.argv[1]), delimiter="\t"))
 rounds, selbytes, nsel, nfiles, devsize, blobbytes, runtime, readers = sys.argv[2:10]
 selbytes = int(selbytes)
+s8uniq, s8dev, s8n = int(sys.argv[11]), int(sys.argv[12]), int(sys.argv[13])
+mountlike = ("mount10", "trace10")
 med = lambda xs: st.median(xs) if xs else float("nan")
 order = lambda k: list(dict.fromkeys(r[k] for r in rows))
 agg = {}
@@ -485,16 +648,20 @@ for rtt in order("rtt_ms"):
                     vs.append("%.2fx" % (a["iops"] / b["iops"]))
                 else:
                     vs.append("%.2fx" % (b["secs"] / a["secs"]))
-            amp = a["fetched"] / (selbytes if w == "mount10" else a["read"]) if a["read"] else 0
+            amp = a["fetched"] / (selbytes if w in mountlike else s8uniq if w == "share8" else a["read"]) if a["read"] else 0
             cpus = "%s/%.1f/%.1f" % ("%.1f" % a["scpu"] if s != "curl" or w == "mount10" else "-", a["rcpu"], a["pcpu"])
             print("%-6s %-8s %-22s %8.2f %7.1f %5.0f%% %6s %7.2f %7s %8.1f %8.2f %6.0f %16s %9s %9s" % (
                 rtt + "ms", w, s, a["secs"], a["mbs"], a["spread"], "%.0f" % a["iops"] if w == "rand4k" else "-",
-                a["up"], "%.2f" % a["ttfb"] if w == "mount10" else "-", a["fetched"] / 1e6, amp, a["reqs"], cpus, vs[0], vs[1]))
+                a["up"], "%.2f" % a["ttfb"] if w in mountlike else "-", a["fetched"] / 1e6, amp, a["reqs"], cpus, vs[0], vs[1]))
         print()
 print("time: nbdcopy = copy after the socket exists (curl: the download); rand4k = fio runtime; mount10 = t0 -> last byte read.")
+if any(w in ("share8", "trace10") for w in order("workload")):
+    print("share8: time = socket -> last of the %d parallel copies, MB/s = all %d devices' bytes (%d) / time; trace10 = t0 -> last byte read" % (s8n, s8n, s8dev))
+    print("(SERVER: no trace, SERVER+trace: --prefetch-trace), each with a new empty --cache-dir.")
 print("start: server exec -> socket (curl mount10: download + local serve start). ttfb: t0 -> first byte of a working-set file.")
 print("CPU s: the server process (curl mount10: the local erofs-blockd) / docker-registry / latproxy during the measurement.")
-print("fetch/rd: registry bytes sent / bytes read (mount10: / working-set bytes); reqs: registry requests (GET/HEAD).")
+print("fetch/rd: registry bytes sent / bytes read (mount10, trace10: / working-set bytes; share8: / unique bytes of the")
+print("images' distinct blobs); reqs: registry requests (GET/HEAD).")
 print("vs x: erofs-blockd's throughput (nbdcopy), IOPS (rand4k), or x's time / erofs-blockd's (mount10), as ratios of")
 print("medians: > 1 = erofs-blockd better.")
 print()
@@ -519,6 +686,42 @@ for rtt in order("rtt_ms"):
         goal("RTT %sms: warm restart time to ready >= 0.8x local (local/warm)" % rtt, "%.2fx" % (lo["up"] / wa["up"]), lo["up"] / wa["up"] >= 0.8)
         mx = max(int(r["fetched"]) for r in rows if (r["rtt_ms"], r["workload"], r["server"]) == (rtt, "nbdcopy", "erofs-blockd-warm"))
         goal("RTT %sms: warm restart fetches nothing from the registry (max bytes)" % rtt, "%d" % mx, mx == 0)
+for rtt in order("rtt_ms"):
+    a = agg.get((rtt, "share8", "erofs-blockd"))
+    if a and s8uniq:
+        goal("RTT %sms: %d images sharing base layers, cold: registry / unique bytes <= 1.05" % (rtt, s8n),
+             "%.3fx" % (a["fetched"] / s8uniq), a["fetched"] / s8uniq <= 1.05)
+e, t = agg.get(("10", "trace10", "erofs-blockd")), agg.get(("10", "trace10", "erofs-blockd+trace"))
+if e and t:
+    goal("RTT 10ms: working set cold with --prefetch-trace >= 2x faster (no/with)", "%.2fx" % (e["secs"] / t["secs"]), e["secs"] / t["secs"] >= 2)
+s8 = [(rtt, s) for rtt in order("rtt_ms") for s in order("server") if (rtt, "share8", s) in agg]
+if s8:
+    print()
+    print("Shared base layers (share8): %d exports in one serve (fresh --cache-dir), %d parallel whole-device reads, md5s checked;" % (s8n, s8n))
+    print("unique bytes %d (%d primaries + 2 bases + %d own layers), devices %d bytes in all; medians, max over rounds in ()" % (s8uniq, s8n, s8n, s8dev))
+    hdr = "%-6s %-22s %8s %8s %10s %10s %18s %6s" % ("RTT", "server", "wall s", "copy s", "unique MB", "fetch MB", "fetch/unique (max)", "reqs")
+    print(hdr); print("-" * len(hdr))
+    for rtt, s in s8:
+        a = agg[rtt, "share8", s]
+        mx = max(float(r["fetched"]) for r in rows if (r["rtt_ms"], r["workload"], r["server"]) == (rtt, "share8", s))
+        wall = med([float(r["startup"]) + float(r["secs"]) for r in rows if (r["rtt_ms"], r["workload"], r["server"]) == (rtt, "share8", s)])
+        print("%-6s %-22s %8.2f %8.2f %10.1f %10.1f %18s %6.0f" % (rtt + "ms", s, wall, a["secs"], s8uniq / 1e6, a["fetched"] / 1e6,
+              "%.3fx (%.3fx)" % (a["fetched"] / s8uniq, mx / s8uniq), a["reqs"]))
+    print("wall: server exec -> last copy done; copy: socket -> last copy done.")
+tr = [(rtt, s) for rtt in order("rtt_ms") for s in order("server") if not s.endswith("+trace") and (rtt, "trace10", s) in agg]
+tr = list(dict.fromkeys(tr))
+if tr:
+    print()
+    print("Trace prefetch (trace10): the working set (%s files, %d bytes) read cold, t0 = server start -> last byte; medians" % (nsel, selbytes))
+    hdr = "%-6s %-22s %11s %11s %8s %15s %15s" % ("RTT", "server", "no trace s", "w/ trace s", "no/with", "fetch MB no/w", "ttfb s no/w")
+    print(hdr); print("-" * len(hdr))
+    for rtt, s in tr:
+        a, b = agg[rtt, "trace10", s], agg.get((rtt, "trace10", s + "+trace"))
+        if not b:
+            continue
+        print("%-6s %-22s %11.2f %11.2f %7.2fx %15s %15s" % (rtt + "ms", s, a["secs"], b["secs"], a["secs"] / b["secs"],
+              "%.1f/%.1f" % (a["fetched"] / 1e6, b["fetched"] / 1e6), "%.2f/%.2f" % (a["ttfb"], b["ttfb"])))
+    print("no/with: time without the trace / time with it (goal >= 2x at RTT 10ms).")
 warm = [(rtt, w) for rtt in order("rtt_ms") for w in order("workload")
         if (rtt, w, "erofs-blockd-warm") in agg and (rtt, w, "erofs-blockd-local") in agg]
 if warm:
