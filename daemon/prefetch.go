@@ -151,6 +151,46 @@ func readTrace(path string) ([]traceEntry, error) {
 	return out, sc.Err()
 }
 
+// traceRuns turns a trace into prefetch requests: the unit-aligned pieces
+// it touches, in the order they were first touched, each extended over the
+// following touched pieces of the same export (up to max pieces, no gaps),
+// so that one request (one merged GET) covers what many small reads
+// touched, and a piece is asked for once.
+func traceRuns(entries []traceEntry, unit int64, maxRun int) []traceEntry {
+	type piece struct {
+		export string
+		idx    int64
+	}
+	var order []piece
+	touched := map[piece]bool{}
+	for _, e := range entries {
+		if e.len <= 0 || e.off < 0 {
+			continue
+		}
+		for i := e.off / unit; i <= (e.off+e.len-1)/unit; i++ {
+			p := piece{e.export, i}
+			if !touched[p] {
+				touched[p] = true
+				order = append(order, p)
+			}
+		}
+	}
+	done := map[piece]bool{}
+	var out []traceEntry
+	for _, p := range order {
+		if done[p] {
+			continue
+		}
+		n := int64(0)
+		for q := p; n < int64(maxRun) && touched[q] && !done[q]; q.idx++ {
+			done[q] = true
+			n++
+		}
+		out = append(out, traceEntry{export: p.export, off: p.idx * unit, len: n * unit})
+	}
+	return out
+}
+
 // PrefetchStats reports a finished prefetch.
 type PrefetchStats struct {
 	Ranges int
@@ -167,6 +207,11 @@ func (d *Daemon) ReplayTrace(ctx context.Context, path string, workers int) (Pre
 	if err != nil {
 		return PrefetchStats{}, err
 	}
+	unit := d.cfg.Source.Chunk
+	if unit <= 0 {
+		unit = 1 << 20
+	}
+	entries = traceRuns(entries, unit, 8)
 	byName := map[string]*Export{}
 	for _, ex := range d.Exports() {
 		byName[ex.Spec.Name] = ex

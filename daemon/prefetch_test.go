@@ -96,3 +96,32 @@ func TestPrefetchAllFetchesEverything(t *testing.T) {
 		t.Fatalf("fetched %d bytes of %d", bs.Bytes, len(data))
 	}
 }
+
+func TestTraceRuns(t *testing.T) {
+	const u = 100
+	in := []traceEntry{
+		{"a", 250, 10},  // piece 2
+		{"a", 0, 150},   // pieces 0, 1
+		{"b", 200, 1},   // b piece 2
+		{"a", 310, 100}, // pieces 3, 4
+		{"a", 260, 5},   // piece 2 again
+		{"a", 900, 0},   // empty
+		{"a", 1000, 50}, // piece 10
+	}
+	got := traceRuns(in, u, 2)
+	want := []traceEntry{
+		{"a", 200, 200}, // 2, 3 (max 2 pieces)
+		{"a", 0, 200},   // 0, 1
+		{"b", 200, 100},
+		{"a", 400, 100}, // 4
+		{"a", 1000, 100},
+	}
+	if len(got) != len(want) {
+		t.Fatalf("got %v, want %v", got, want)
+	}
+	for i := range got {
+		if got[i] != want[i] {
+			t.Fatalf("got %v, want %v", got, want)
+		}
+	}
+}
