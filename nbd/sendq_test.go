@@ -174,11 +174,20 @@ func TestBatchWritev(t *testing.T) {
 // waitWriting waits (bounded) until a goroutine of c is inside a reply write.
 func waitWriting(t *testing.T, c *conn) {
 	t.Helper()
+	// The flag must stay set for a while: the writer of the previous reply
+	// may not have cleared it yet although the client already read that
+	// reply (seen on a loaded machine), and a large reply stays blocked.
+	var since time.Time
 	for deadline := time.Now().Add(20 * time.Second); ; time.Sleep(time.Millisecond) {
 		c.qmu.Lock()
 		w := c.writing
 		c.qmu.Unlock()
-		if w {
+		switch {
+		case !w:
+			since = time.Time{}
+		case since.IsZero():
+			since = time.Now()
+		case time.Since(since) > 200*time.Millisecond:
 			return
 		}
 		if time.Now().After(deadline) {
