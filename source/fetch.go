@@ -219,47 +219,44 @@ func (r *remote) Prefetch(off, n int64) error {
 // stored, a damaged file, an I/O error): the caller reads as usual, which
 // handles all of those.
 func (r *remote) readStored(p []byte, off, first, last int64) bool {
-	l, ok := r.store.(ChunkLeaser)
-	if !ok || last-first >= maxMerge {
+	if last-first >= maxMerge {
 		return false
 	}
 	for i := first; i <= last; i++ {
-		f, doff, dn, ok := l.Lease(r.storeKey, i)
+		f, doff, ok := r.leaseChunk(i)
 		if !ok {
 			return false
 		}
 		cs := i * r.chunk
-		lo, hi := max(off, cs), min(off+int64(len(p)), cs+dn)
-		var err error
-		if dn != int64(r.chunkLen(i)) || hi <= lo {
-			err = io.ErrUnexpectedEOF
-		} else {
-			_, err = f.ReadAt(p[lo-off:hi-off], doff+lo-cs)
-		}
+		lo, hi := max(off, cs), min(off+int64(len(p)), cs+int64(r.chunkLen(i)))
+		_, err := f.ReadAt(p[lo-off:hi-off], doff+lo-cs)
 		f.Close()
 		if err != nil {
 			return false
 		}
 	}
-	r.storeHits.Add(uint64(last - first + 1))
-	r.noteStored(first, last)
 	return true
 }
 
-// noteStored marks chunks first..last as stored, for the digest check of
-// an OCI blob, unless they already are.
-func (r *remote) noteStored(first, last int64) {
-	if r.digest == "" {
-		return
+// leaseChunk lends stored chunk idx from a store that can (ChunkLeaser):
+// its data are f's bytes from doff on; the caller closes f. A lent chunk
+// counts as a store hit and as stored (for the digest check).
+func (r *remote) leaseChunk(idx int64) (f *os.File, doff int64, ok bool) {
+	l, can := r.store.(ChunkLeaser)
+	if !can {
+		return nil, 0, false
 	}
-	for i := first; i <= last; i++ {
-		r.mu.Lock()
-		known := r.stored[i]
-		r.mu.Unlock()
-		if !known {
-			r.markStored(i, 1)
-		}
+	f, doff, dn, ok := l.Lease(r.storeKey, idx)
+	if !ok {
+		return nil, 0, false
 	}
+	if dn != int64(r.chunkLen(idx)) {
+		f.Close()
+		return nil, 0, false
+	}
+	r.storeHits.Add(1)
+	r.markStored(idx, 1)
+	return f, doff, true
 }
 
 // FileLease lends the stored chunk file holding [off, off+n), when the
@@ -268,24 +265,17 @@ func (r *remote) noteStored(first, last int64) {
 // the caller is done with it. It does not fetch; on false the caller reads
 // with ReadAt.
 func (r *remote) FileLease(off, n int64) (f *os.File, fileOff int64, release func(), ok bool) {
-	l, can := r.store.(ChunkLeaser)
-	if !can || n <= 0 || off < 0 || n > r.size-off {
+	if n <= 0 || off < 0 || n > r.size-off {
 		return nil, 0, nil, false
 	}
 	idx := off / r.chunk
 	if (off+n-1)/r.chunk != idx {
 		return nil, 0, nil, false
 	}
-	f, doff, dn, ok := l.Lease(r.storeKey, idx)
+	f, doff, ok := r.leaseChunk(idx)
 	if !ok {
 		return nil, 0, nil, false
 	}
-	if dn != int64(r.chunkLen(idx)) {
-		f.Close()
-		return nil, 0, nil, false
-	}
-	r.storeHits.Add(1)
-	r.noteStored(idx, idx)
 	return f, doff + off - idx*r.chunk, func() { f.Close() }, true
 }
 
