@@ -88,6 +88,33 @@ func (b *Backend) FileLease(off, n int64) (*os.File, int64, func(), bool) {
 	return f, foff, release, ok
 }
 
+// ReadStored reads [off, off+len(p)) when the input holds it locally
+// (blockdev.StoredReader: a remote blob's disk-cached chunks), counting the
+// bytes; false: nothing was fetched. Not with an injected delay.
+func (b *Backend) ReadStored(p []byte, off int64) bool {
+	s, ok := b.R.(blockdev.StoredReader)
+	if !ok || b.Delay > 0 || !s.ReadStored(p, off) {
+		return false
+	}
+	b.reads.Add(1)
+	b.bytes.Add(uint64(len(p)))
+	return true
+}
+
+// setReadaheadSkip passes skip to the input when it reads ahead
+// (blockdev.ReadaheadSkipper).
+func (b *Backend) setReadaheadSkip(skip func(off, n int64) bool) {
+	if s, ok := b.R.(blockdev.ReadaheadSkipper); ok {
+		s.SetReadaheadSkip(skip)
+	}
+}
+
+// CanReadStored reports whether ReadStored may ever succeed.
+func (b *Backend) CanReadStored() bool {
+	s, ok := b.R.(blockdev.StoredReader)
+	return ok && b.Delay == 0 && s.CanStore()
+}
+
 // CountZeroCopy records a read served from ZeroCopyFile.
 func (b *Backend) CountZeroCopy(n int64) {
 	b.reads.Add(1)

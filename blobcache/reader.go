@@ -49,6 +49,8 @@ type Reader struct {
 	spans   []span
 	enabled atomic.Bool
 
+	regIDs []uint64 // contents with locations in this reader (alias.go), under sh.mu
+
 	padMu sync.Mutex
 	pad   map[int64]bool // tail page -> padding is zero (absent: unknown)
 }
@@ -75,6 +77,7 @@ func (r *Reader) SetSpans(spans []Span) {
 		r.spans = append(r.spans, span{Span: s, id: r.sh.intern("content\x00" + s.Content)})
 	}
 	sort.Slice(r.spans, func(i, j int) bool { return r.spans[i].Off < r.spans[j].Off })
+	r.sh.register(r)
 }
 
 // Enable turns caching on.
@@ -254,7 +257,7 @@ func (r *Reader) readChunk(s *scratch, p []byte, off, end int64) error {
 			}
 			buf = s.tmp[:to-from]
 		}
-		got, err := r.be.ReadAt(buf, from)
+		got, err := r.fill(buf, from, pages[i:j])
 		if got < len(buf) {
 			if err == nil || err == io.EOF {
 				err = io.EOF

@@ -29,6 +29,13 @@ type Shared struct {
 
 	dedupFile, dedupCopy, dedupContent atomic.Uint64
 	padReads                           atomic.Uint64
+
+	// Where each content lies in inputs that can read locally (alias.go),
+	// under mu; nlocs is len(locs).
+	locs       map[uint64][]loc
+	byBE       map[*Backend][]*Reader // registered readers by input
+	nlocs      atomic.Int64
+	aliasBytes atomic.Uint64
 }
 
 // NewShared wraps c (which must not be nil).
@@ -79,6 +86,9 @@ type Stats struct {
 	DedupFile, DedupCopy, DedupContent uint64
 	// PadReads counts backend reads of a tail page's padding.
 	PadReads uint64
+	// AliasBytes counts bytes of file content a reader missed and took
+	// from another input's local copy (alias.go) instead of its own input.
+	AliasBytes uint64
 }
 
 // Stats returns the counters.
@@ -86,6 +96,6 @@ func (s *Shared) Stats() Stats {
 	return Stats{
 		Stats:     s.c.Stats(),
 		DedupFile: s.dedupFile.Load(), DedupCopy: s.dedupCopy.Load(), DedupContent: s.dedupContent.Load(),
-		PadReads: s.padReads.Load(),
+		PadReads: s.padReads.Load(), AliasBytes: s.aliasBytes.Load(),
 	}
 }

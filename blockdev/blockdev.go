@@ -53,3 +53,23 @@ type FileRanger interface {
 type FileLeaser interface {
 	FileLease(off, length int64) (f *os.File, fileOff int64, release func(), ok bool)
 }
+
+// StoredReader reads a range only when it is held locally (a remote blob's
+// chunks in a disk cache): ReadStored fills p with [off, off+len(p)) and
+// returns true, or returns false having fetched nothing (p may then hold
+// anything). Readers use it to take bytes they know to be equal (the same
+// file content by fingerprint) from another input that already has them.
+// CanStore is false when the input never holds anything locally (a
+// remote blob without a disk cache).
+type StoredReader interface {
+	ReadStored(p []byte, off int64) bool
+	CanStore() bool
+}
+
+// ReadaheadSkipper is an input that reads ahead of sequential readers (a
+// remote blob) and can be told which ranges not to read ahead into:
+// skip(off, n) true means [off, off+n) is read from elsewhere (file content
+// another input holds), so fetching it ahead would be wasted.
+type ReadaheadSkipper interface {
+	SetReadaheadSkip(skip func(off, n int64) bool)
+}

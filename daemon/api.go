@@ -183,6 +183,7 @@ func (d *Daemon) RemoveContext(ctx context.Context, name string) error {
 	}
 	d.mu.Lock()
 	d.draining = slices.DeleteFunc(d.draining, func(e *Export) bool { return e == ex })
+	closeReaders(ex.readers)
 	d.release(ex.ofs)
 	d.mu.Unlock()
 	d.log.Info("export removed", "export", name)

@@ -424,6 +424,11 @@ func (d *Daemon) Add(spec Spec) (*Export, error) {
 		for i, r := range readers {
 			srcs[i].R = r
 		}
+		defer func() {
+			if !added {
+				closeReaders(readers)
+			}
+		}()
 	}
 	opt := flatdev.Options{Align: d.cfg.Align, VerifyDigests: d.cfg.VerifyDigests, OnError: d.cfg.OnError, Progress: d.cfg.Progress}
 	flat, err := flatdev.New(srcs[0], srcs[1:], opt)
@@ -465,6 +470,14 @@ func (d *Daemon) NBDServer(cfg nbd.Config) (*nbd.Server, error) {
 	}
 	d.srv = srv
 	return srv, nil
+}
+
+// closeReaders stops the readers of an export that is gone from lending
+// their inputs' stored content to other exports (blobcache alias reads).
+func closeReaders(rs []*blobcache.Reader) {
+	for _, r := range rs {
+		r.Close()
+	}
 }
 
 // readers builds the caching readers of one export, with blob identities
@@ -561,6 +574,7 @@ func (d *Daemon) metricsSources() metrics.Sources {
 					blobcache.KindFile: s.DedupFile, blobcache.KindCopy: s.DedupCopy, blobcache.KindContent: s.DedupContent,
 				},
 				ResidentBytes: s.ResidentBytes, CapacityBytes: s.Capacity, Pages: s.Entries,
+				ContentLocalBytes: s.AliasBytes,
 			}
 		}
 	}

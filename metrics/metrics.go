@@ -25,6 +25,7 @@ type CacheStats struct {
 	Hits, Misses, Evictions             uint64
 	DedupHits                           map[string]uint64 // by kind
 	ResidentBytes, CapacityBytes, Pages int64
+	ContentLocalBytes                   uint64 // missed content read from another blob's stored chunks
 }
 
 // BackendStats is what the daemon reports about one input file.
@@ -203,13 +204,14 @@ var (
 	descResident  = prometheus.NewDesc(ns+"_cache_resident_bytes", "Bytes of page data held by the cache.", nil, nil)
 	descCapacity  = prometheus.NewDesc(ns+"_cache_capacity_bytes", "The cache's byte bound (--cache-size).", nil, nil)
 	descPages     = prometheus.NewDesc(ns+"_cache_pages", "Pages held by the cache.", nil, nil)
+	descLocal     = prometheus.NewDesc(ns+"_cache_content_local_bytes_total", "Bytes of fingerprinted file content missing from the cache that were read from another blob's disk-cached chunks instead of fetching the blob being read.", nil, nil)
 	descBReads    = prometheus.NewDesc(ns+"_backend_reads_total", "Reads issued to an input file (primary or blob).", []string{"blob"}, nil)
 	descBBytes    = prometheus.NewDesc(ns+"_backend_read_bytes_total", "Bytes read from an input file (primary or blob).", []string{"blob"}, nil)
 	descBErrors   = prometheus.NewDesc(ns+"_backend_errors_total", "Failed or short reads of an input file.", []string{"blob"}, nil)
 )
 
 func (c *cacheCollector) Describe(ch chan<- *prometheus.Desc) {
-	for _, d := range []*prometheus.Desc{descHits, descMisses, descDedup, descEvictions, descResident, descCapacity, descPages} {
+	for _, d := range []*prometheus.Desc{descHits, descMisses, descDedup, descEvictions, descResident, descCapacity, descPages, descLocal} {
 		ch <- d
 	}
 }
@@ -225,6 +227,7 @@ func (c *cacheCollector) Collect(ch chan<- prometheus.Metric) {
 	ch <- prometheus.MustNewConstMetric(descResident, prometheus.GaugeValue, float64(s.ResidentBytes))
 	ch <- prometheus.MustNewConstMetric(descCapacity, prometheus.GaugeValue, float64(s.CapacityBytes))
 	ch <- prometheus.MustNewConstMetric(descPages, prometheus.GaugeValue, float64(s.Pages))
+	ch <- prometheus.MustNewConstMetric(descLocal, prometheus.CounterValue, float64(s.ContentLocalBytes))
 }
 
 type backendCollector struct{ fn func() []BackendStats }

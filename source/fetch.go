@@ -92,6 +92,8 @@ type remote struct {
 	seq     [streams]stream // sequential readers, for readahead
 	seqNext int
 
+	skip atomic.Pointer[func(off, n int64) bool] // SetReadaheadSkip
+
 	requests, bytes, nretries, errs atomic.Uint64
 	inflight                        atomic.Int64
 }
@@ -169,8 +171,18 @@ func (r *remote) ReadAt(p []byte, off int64) (int, error) {
 	}
 	fetches := r.claim(first, last)
 	if lo, hi := r.sequential(off, off+want, last); lo <= hi {
-		// A sequential reader: start the next chunks now, without waiting.
-		r.claimWith(lo, hi, true, false)
+		// A sequential reader: start the next chunks now, without waiting,
+		// up to the first one that is read from elsewhere.
+		if skip := r.skip.Load(); skip != nil {
+			for i := lo; i <= hi; i++ {
+				if (*skip)(i*r.chunk, int64(r.chunkLen(i))) {
+					hi = i - 1
+				}
+			}
+		}
+		if lo <= hi {
+			r.claimWith(lo, hi, true, false)
+		}
 	}
 	n := 0
 	for i := first; i <= last; i++ {
@@ -210,6 +222,31 @@ func (r *remote) Prefetch(off, n int64) error {
 		}
 	}
 	return nil
+}
+
+// SetReadaheadSkip implements blockdev.ReadaheadSkipper.
+func (r *remote) SetReadaheadSkip(skip func(off, n int64) bool) {
+	if skip == nil {
+		r.skip.Store(nil)
+		return
+	}
+	r.skip.Store(&skip)
+}
+
+// CanStore implements blockdev.StoredReader: chunks are kept in a store
+// that lends them.
+func (r *remote) CanStore() bool {
+	_, ok := r.store.(ChunkLeaser)
+	return ok
+}
+
+// ReadStored implements blockdev.StoredReader: [off, off+len(p)) from the
+// ChunkStore when every chunk it covers is stored, without fetching.
+func (r *remote) ReadStored(p []byte, off int64) bool {
+	if len(p) == 0 || off < 0 || int64(len(p)) > r.size-off {
+		return false
+	}
+	return r.readStored(p, off, off/r.chunk, (off+int64(len(p))-1)/r.chunk)
 }
 
 // readStored reads p at off (chunks first..last) straight from the chunk

@@ -345,6 +345,56 @@ func TestReadaheadAndBudget(t *testing.T) {
 	}
 }
 
+// TestReadaheadSkip: a sequential reader's readahead stops before the
+// ranges SetReadaheadSkip says are read from elsewhere; reads there still
+// work, and readahead goes on after them.
+func TestReadaheadSkip(t *testing.T) {
+	data := testBlob(t, 4<<20)
+	var mu sync.Mutex
+	var got [][2]int64
+	srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		var a, b int64
+		fmt.Sscanf(r.Header.Get("Range"), "bytes=%d-%d", &a, &b)
+		mu.Lock()
+		got = append(got, [2]int64{a, b + 1})
+		mu.Unlock()
+		http.ServeContent(w, r, "b", time.Time{}, bytes.NewReader(data))
+	}))
+	defer srv.Close()
+	const chunk = 16 << 10
+	b, err := NewOpener(Options{Chunk: chunk}).Open(context.Background(), srv.URL+"/b")
+	if err != nil {
+		t.Fatal(err)
+	}
+	skipLo, skipHi := int64(1<<20), int64(2<<20) // chunks here come from elsewhere
+	b.(*remote).SetReadaheadSkip(func(off, n int64) bool { return off >= skipLo && off+n <= skipHi })
+	buf := make([]byte, chunk)
+	for off := int64(0); off < skipLo; off += chunk {
+		if _, err := b.ReadAt(buf, off); err != nil || !bytes.Equal(buf, data[off:off+chunk]) {
+			t.Fatalf("read at %d: %v", off, err)
+		}
+	}
+	for off := skipHi; off < 3<<20; off += chunk {
+		if _, err := b.ReadAt(buf, off); err != nil || !bytes.Equal(buf, data[off:off+chunk]) {
+			t.Fatalf("read at %d: %v", off, err)
+		}
+	}
+	mu.Lock()
+	defer mu.Unlock()
+	ahead := 0
+	for _, g := range got {
+		if g[1] > skipLo && g[0] < skipHi {
+			t.Errorf("GET %d-%d reaches into the skipped range", g[0], g[1])
+		}
+		if g[1]-g[0] > chunk {
+			ahead++
+		}
+	}
+	if ahead == 0 || len(got) > 3*(2<<20)/chunk/4 {
+		t.Fatalf("%d GETs, %d merged: readahead did not work around the skip", len(got), ahead)
+	}
+}
+
 // mapStore is an in-memory ChunkStore for the fetcher's tests (the real
 // one, package diskcache, has its own).
 type mapStore struct {
