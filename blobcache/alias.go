@@ -52,6 +52,7 @@ func (s *Shared) register(r *Reader) {
 		}
 		s.locs[sp.id] = append(ls, loc{r: r, off: sp.Off, logical: sp.Logical, n: sp.Len})
 	}
+	r.lends.Store(len(r.regIDs) > 0)
 	s.nlocs.Store(int64(len(s.locs)))
 }
 
@@ -73,6 +74,7 @@ func (s *Shared) unregisterLocked(r *Reader) {
 		}
 	}
 	r.regIDs = nil
+	r.lends.Store(false)
 	s.nlocs.Store(int64(len(s.locs)))
 	if rs := s.byBE[r.be]; len(rs) > 0 {
 		rs = slicesDelete(rs, r)
@@ -188,7 +190,8 @@ func (s *Shared) readAlias(r *Reader, id uint64, logical int64, p []byte) bool {
 // taken from there and only the rest is read from r's input. A short
 // count means the read failed.
 func (r *Reader) fill(buf []byte, from int64, pgs []page) (int, error) {
-	if r.sh.nlocs.Load() == 0 || !r.anyAlias(pgs) {
+	if r.sh.nlocs.Load() == 0 || !r.lends.Load() || !r.anyAlias(pgs) {
+		// Nothing to share, or a local input: read it.
 		return r.be.ReadAt(buf, from)
 	}
 	if r.be.ReadStored(buf, from) {

@@ -49,7 +49,8 @@ type Reader struct {
 	spans   []span
 	enabled atomic.Bool
 
-	regIDs []uint64 // contents with locations in this reader (alias.go), under sh.mu
+	regIDs []uint64    // contents with locations in this reader (alias.go), under sh.mu
+	lends  atomic.Bool // regIDs is not empty: a remote input with content spans
 
 	padMu sync.Mutex
 	pad   map[int64]bool // tail page -> padding is zero (absent: unknown)
