@@ -10,6 +10,7 @@ import (
 	"net"
 	"runtime/debug"
 	"sync"
+	"sync/atomic"
 
 	"golang.org/x/sys/unix"
 
@@ -150,6 +151,7 @@ type queue struct {
 	stopFD  int // eventfd waking the worker to stop
 	done    chan struct{}
 	ring    *vring
+	w       *worker
 }
 
 type connState struct {
@@ -484,8 +486,8 @@ func (st *connState) maybeStart(q *queue) error {
 	if err != nil {
 		return fmt.Errorf("queue %d: eventfd: %v", q.index, err)
 	}
-	q.ring, q.stopFD, q.done, q.running = ring, efd, make(chan struct{}), true
 	w := &worker{mem: st.mem, ring: ring, kick: q.kick, call: q.call, stop: efd, blk: st.s.blk, log: st.s.log.With("queue", q.index)}
+	q.ring, q.w, q.stopFD, q.done, q.running = ring, w, efd, make(chan struct{}), true
 	st.s.log.Debug("vhost-user ring started", "queue", q.index, "size", q.num, "base", ring.lastAvail)
 	go func() {
 		defer close(q.done)
@@ -494,15 +496,23 @@ func (st *connState) maybeStart(q *queue) error {
 	return nil
 }
 
+// testHookStopSignaled, when set (tests), runs once a worker has been told
+// to stop and before stop waits for it.
+var testHookStopSignaled func()
+
 // stop ends q's worker after the request it is serving.
 func (st *connState) stop(q *queue) {
 	if !q.running {
 		return
 	}
+	q.w.stopping.Store(true)
 	unix.Write(q.stopFD, u64Bytes(1))
+	if testHookStopSignaled != nil {
+		testHookStopSignaled()
+	}
 	<-q.done
 	unix.Close(q.stopFD)
-	q.running = false
+	q.running, q.w = false, nil
 }
 
 func (st *connState) stopAll() {
@@ -528,7 +538,10 @@ type worker struct {
 	call int
 	stop int
 	blk  *blkServer
-	log  interface {
+	// stopping is set (before the stop eventfd is written) to end drain
+	// after the request in progress.
+	stopping atomic.Bool
+	log      interface {
 		Warn(string, ...any)
 	}
 }
@@ -586,10 +599,12 @@ func (w *worker) waitStop(p []unix.PollFd) {
 }
 
 // drain serves every available request, publishing used entries and
-// interrupting the driver as it asks.
+// interrupting the driver as it asks. It returns early, after the request
+// in progress, once the worker is told to stop. Requests served before a
+// bad one are published before the error is returned.
 func (w *worker) drain(c *chain) error {
 	v := w.ring
-	for {
+	for !w.stopping.Load() {
 		avail := loadAvailIdx(v.avail)
 		if uint16(avail-v.lastAvail) > v.num {
 			return fmt.Errorf("available index %d is %d entries ahead of %d (queue size %d)", avail, avail-v.lastAvail, v.lastAvail, v.num)
@@ -605,23 +620,31 @@ func (w *worker) drain(c *chain) error {
 			continue
 		}
 		old := v.usedIdx
-		for v.lastAvail != avail {
+		var err error
+		for v.lastAvail != avail && !w.stopping.Load() {
 			head := v.availHead(v.lastAvail)
-			if err := walk(w.mem, v.desc, v.num, head, c); err != nil {
-				return err
+			if err = walk(w.mem, v.desc, v.num, head, c); err != nil {
+				break
 			}
-			n, err := w.blk.serve(c)
-			if err != nil {
-				return fmt.Errorf("descriptor %d: %v", head, err)
+			n, serr := w.blk.serve(c)
+			if serr != nil {
+				err = fmt.Errorf("descriptor %d: %v", head, serr)
+				break
 			}
 			v.lastAvail++
 			v.pushUsed(head, n)
 		}
-		v.storeUsedIdx(v.usedIdx)
-		if w.call >= 0 && v.needNotify(old) {
-			unix.Write(w.call, u64Bytes(1))
+		if v.usedIdx != old {
+			v.storeUsedIdx(v.usedIdx)
+			if w.call >= 0 && v.needNotify(old) {
+				unix.Write(w.call, u64Bytes(1))
+			}
+		}
+		if err != nil {
+			return err
 		}
 	}
+	return nil
 }
 
 // loadUsedIdx reads the used index the driver left, a fault (shrunk

@@ -12,6 +12,8 @@ import (
 	"testing"
 
 	"golang.org/x/sys/unix"
+
+	"github.com/erofs-blockd/erofs-blockd/blockdev"
 )
 
 type memDev []byte
@@ -455,5 +457,140 @@ func TestShrunkMemoryStopsRing(t *testing.T) {
 	f.send(reqGetVringBase, 0, state(0, 0)) // answered once the worker stopped
 	if b := f.recv(reqGetVringBase); binary.LittleEndian.Uint32(b[4:]) != 0 {
 		t.Fatalf("base %d after a fault", binary.LittleEndian.Uint32(b[4:]))
+	}
+}
+
+// gateDev is a device whose first read waits: entered is closed when it
+// starts, and it returns once release is closed.
+type gateDev struct {
+	memDev
+	once             chan struct{} // buffered 1: the first read takes it
+	entered, release chan struct{}
+}
+
+func newGateDev() *gateDev {
+	g := &gateDev{memDev: testDevice(), once: make(chan struct{}, 1), entered: make(chan struct{}), release: make(chan struct{})}
+	g.once <- struct{}{}
+	return g
+}
+
+func (g *gateDev) ReadAt(p []byte, off int64) (int, error) {
+	select {
+	case <-g.once:
+		close(g.entered)
+		<-g.release
+	default:
+	}
+	return g.memDev.ReadAt(p, off)
+}
+
+func newFrontendDev(t *testing.T, dev blockdev.Device, queues int) *frontend {
+	t.Helper()
+	fds, err := unix.Socketpair(unix.AF_UNIX, unix.SOCK_STREAM|unix.SOCK_CLOEXEC, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	mk := func(fd int) *net.UnixConn {
+		f := os.NewFile(uintptr(fd), "sock")
+		c, err := net.FileConn(f)
+		f.Close()
+		if err != nil {
+			t.Fatal(err)
+		}
+		return c.(*net.UnixConn)
+	}
+	srv, cli := mk(fds[0]), mk(fds[1])
+	s, err := New(Config{Device: dev, Queues: queues, Logger: slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: slog.LevelWarn}))})
+	if err != nil {
+		t.Fatal(err)
+	}
+	f := &frontend{t: t, c: cli, gpa: testGPA, uva: testUVA, num: 8, done: make(chan error, 1)}
+	go func() { f.done <- s.ServeConn(srv) }()
+	t.Cleanup(func() { cli.Close(); <-f.done })
+	return f
+}
+
+// readChain puts a read of one 512-byte sector at descriptors i..i+2:
+// header at hdr, data at data, status at stat (set to 0xff).
+func (f *frontend) readChain(i int, hdr, data, stat uint64, sector uint64) {
+	binary.LittleEndian.PutUint32(f.mem[hdr:], blkTIn)
+	binary.LittleEndian.PutUint64(f.mem[hdr+8:], sector)
+	f.mem[stat] = 0xff
+	f.putDesc(f.desc, i, f.gpa+hdr, 16, descNext, uint16(i+1))
+	f.putDesc(f.desc, i+1, f.gpa+data, 512, descNext|descWrite, uint16(i+2))
+	f.putDesc(f.desc, i+2, f.gpa+stat, 1, descWrite, 0)
+}
+
+// offer makes head available (without kicking).
+func (f *frontend) offer(head uint16) {
+	binary.LittleEndian.PutUint16(f.mem[f.avail+4+2*uint64(f.availIdx%f.num):], head)
+	f.availIdx++
+	binary.LittleEndian.PutUint16(f.mem[f.avail+2:], f.availIdx)
+}
+
+func (f *frontend) usedIdx() uint16 { return binary.LittleEndian.Uint16(f.mem[f.used+2:]) }
+
+// A request served before a bad chain of the same batch is completed
+// (its used entry published) before the ring stops; GET_VRING_BASE
+// reports the first request not completed.
+func TestBadChainPublishesEarlierCompletions(t *testing.T) {
+	dev := newGateDev()
+	f := newFrontendDev(t, dev, 1)
+	f.setup(false)
+	f.readChain(0, hdrOff, dataOff, statOff, 3)
+	f.putDesc(f.desc, 3, f.gpa+testMem-10, 4096, descWrite, 0) // past the region
+	f.offer(0)
+	f.offer(3)
+	unix.Write(f.kick, u64Bytes(1))
+	<-dev.entered // the worker serves request 0 (and then walks request 3)
+	close(dev.release)
+	f.send(reqGetVringBase, 0, state(0, 0)) // answered once the worker stopped
+	base := binary.LittleEndian.Uint32(f.recv(reqGetVringBase)[4:])
+	if f.mem[statOff] != blkSOK || !bytes.Equal(f.mem[dataOff:dataOff+512], dev.memDev[3*512:4*512]) {
+		t.Fatalf("request 0: status %d", f.mem[statOff])
+	}
+	e := f.mem[f.used+4:]
+	if u := f.usedIdx(); u != 1 || binary.LittleEndian.Uint32(e) != 0 || binary.LittleEndian.Uint32(e[4:]) != 513 {
+		t.Fatalf("used index %d (want 1), used[0] id %d len %d", u, binary.LittleEndian.Uint32(e), binary.LittleEndian.Uint32(e[4:]))
+	}
+	if base != 1 {
+		t.Fatalf("base %d want 1", base)
+	}
+}
+
+// GET_VRING_BASE stops the ring after the request in progress, even when
+// the driver keeps making requests available meanwhile; the request left
+// is served once the ring is started again.
+func TestGetVringBaseStopsAfterRequestInProgress(t *testing.T) {
+	dev := newGateDev()
+	f := newFrontendDev(t, dev, 1)
+	f.setup(false)
+	f.readChain(0, hdrOff, dataOff, statOff, 1)
+	f.readChain(3, hdrOff+0x100, dataOff+0x1000, statOff+0x100, 2)
+	f.offer(0)
+	unix.Write(f.kick, u64Bytes(1))
+	<-dev.entered // the worker serves request 0
+	f.offer(3)    // the driver adds one more, without kicking
+	signaled := make(chan struct{})
+	testHookStopSignaled = func() { close(signaled) }
+	t.Cleanup(func() { testHookStopSignaled = nil })
+	f.send(reqGetVringBase, 0, state(0, 0))
+	<-signaled // the worker has been told to stop while serving request 0
+	testHookStopSignaled = nil
+	close(dev.release)
+	base := binary.LittleEndian.Uint32(f.recv(reqGetVringBase)[4:])
+	if base != 1 || f.usedIdx() != 1 || f.mem[statOff] != blkSOK || f.mem[statOff+0x100] != 0xff {
+		t.Fatalf("base %d used %d, status %d and %d (want base 1, used 1, request 3 not served)", base, f.usedIdx(), f.mem[statOff], f.mem[statOff+0x100])
+	}
+	// Started again (a new kick fd), the ring serves request 3.
+	kick, _ := unix.Eventfd(0, unix.EFD_CLOEXEC)
+	t.Cleanup(func() { unix.Close(kick) })
+	f.ackd(reqSetVringKick, u64Bytes(0), kick)
+	for f.usedIdx() != 2 {
+		var b [8]byte
+		unix.Read(f.call, b[:])
+	}
+	if f.mem[statOff+0x100] != blkSOK || !bytes.Equal(f.mem[dataOff+0x1000:dataOff+0x1000+512], dev.memDev[2*512:3*512]) {
+		t.Fatalf("request 3 after the restart: status %d", f.mem[statOff+0x100])
 	}
 }
