@@ -10,6 +10,7 @@ import (
 	"net"
 	"os"
 	"testing"
+	"unsafe"
 
 	"golang.org/x/sys/unix"
 
@@ -592,5 +593,29 @@ func TestGetVringBaseStopsAfterRequestInProgress(t *testing.T) {
 	}
 	if f.mem[statOff+0x100] != blkSOK || !bytes.Equal(f.mem[dataOff+0x1000:dataOff+0x1000+512], dev.memDev[2*512:3*512]) {
 		t.Fatalf("request 3 after the restart: status %d", f.mem[statOff+0x100])
+	}
+}
+
+// The avail and used indexes are read and written at their little-endian
+// places for every alignment of the ring (4-aligned, 2 mod 4, odd).
+func TestRingIndexPlacement(t *testing.T) {
+	buf := make([]byte, 64)
+	base := int((4 - uintptr(unsafe.Pointer(&buf[0]))%4) % 4) // buf[base] is 4-aligned
+	for _, off := range []int{0, 2, 1, 3} {
+		a := buf[base+off : base+off+6+2*4]
+		clear(buf)
+		binary.LittleEndian.PutUint16(a, 0x0101)     // flags
+		binary.LittleEndian.PutUint16(a[2:], 0xbeef) // idx
+		binary.LittleEndian.PutUint16(a[4:], 0x7777) // ring[0]
+		if got := loadAvailIdx(a); got != 0xbeef {
+			t.Errorf("avail at %d mod 4: idx %#x want 0xbeef", off, got)
+		}
+		clear(buf)
+		u := buf[base+off : base+off+6+8*4]
+		binary.LittleEndian.PutUint16(u, 0x0001) // flags (NO_NOTIFY) stay
+		(&vring{num: 4, used: u}).storeUsedIdx(0x1234)
+		if f, i := binary.LittleEndian.Uint16(u), binary.LittleEndian.Uint16(u[2:]); f != 1 || i != 0x1234 {
+			t.Errorf("used at %d mod 4: flags %#x idx %#x", off, f, i)
+		}
 	}
 }
