@@ -486,7 +486,7 @@ func (st *connState) maybeStart(q *queue) error {
 	if err != nil {
 		return fmt.Errorf("queue %d: eventfd: %v", q.index, err)
 	}
-	w := &worker{mem: st.mem, ring: ring, kick: q.kick, call: q.call, stop: efd, blk: st.s.blk, log: st.s.log.With("queue", q.index)}
+	w := &worker{mem: st.mem, ring: ring, kick: q.kick, call: q.call, stop: efd, blk: st.s.blk, bounce: make([]byte, bounceSize), log: st.s.log.With("queue", q.index)}
 	q.ring, q.w, q.stopFD, q.done, q.running = ring, w, efd, make(chan struct{}), true
 	st.s.log.Debug("vhost-user ring started", "queue", q.index, "size", q.num, "base", ring.lastAvail)
 	go func() {
@@ -538,6 +538,8 @@ type worker struct {
 	call int
 	stop int
 	blk  *blkServer
+	// bounce is the buffer the device reads into (bounceSize bytes).
+	bounce []byte
 	// stopping is set (before the stop eventfd is written) to end drain
 	// after the request in progress.
 	stopping atomic.Bool
@@ -626,7 +628,7 @@ func (w *worker) drain(c *chain) error {
 			if err = walk(w.mem, v.desc, v.num, head, c); err != nil {
 				break
 			}
-			n, serr := w.blk.serve(c)
+			n, serr := w.blk.serve(c, w.bounce)
 			if serr != nil {
 				err = fmt.Errorf("descriptor %d: %v", head, serr)
 				break
