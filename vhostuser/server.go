@@ -521,7 +521,20 @@ func (st *connState) stopAll() {
 	}
 }
 
+// close ends the connection's rings and unmaps its memory. The front-end
+// is gone (or being dropped): it takes the used index it sees now as where
+// every ring resumes (QEMU's restore after a lost back-end, the next
+// back-end's SET_VRING_BASE), so the workers finish the request in
+// progress without completing it: no used entry, index or interrupt is
+// written after this point. A completion published now could land after
+// the next back-end has resumed the ring from the older index and served
+// the same request again (a double completion, a used index moving back).
 func (st *connState) close() {
+	for _, q := range st.queues {
+		if q.running {
+			q.w.abandoned.Store(true)
+		}
+	}
 	st.stopAll()
 	for _, q := range st.queues {
 		q.reset()
@@ -543,7 +556,10 @@ type worker struct {
 	// stopping is set (before the stop eventfd is written) to end drain
 	// after the request in progress.
 	stopping atomic.Bool
-	log      interface {
+	// abandoned is set (before stopping) when the front-end is gone: the
+	// requests served from then on are not completed (see connState.close).
+	abandoned atomic.Bool
+	log       interface {
 		Warn(string, ...any)
 	}
 }
@@ -633,8 +649,17 @@ func (w *worker) drain(c *chain) error {
 				err = fmt.Errorf("descriptor %d: %v", head, serr)
 				break
 			}
+			if w.abandoned.Load() {
+				break // not even the used entry is written
+			}
 			v.lastAvail++
 			v.pushUsed(head, n)
+		}
+		if w.abandoned.Load() {
+			// Entries written but not published: the next back-end
+			// serves those requests again.
+			v.usedIdx, v.lastAvail = old, v.lastAvail-(v.usedIdx-old)
+			return nil
 		}
 		if v.usedIdx != old {
 			v.storeUsedIdx(v.usedIdx)

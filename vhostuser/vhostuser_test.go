@@ -667,3 +667,32 @@ func TestDeviceNeverReadsIntoGuestMemory(t *testing.T) {
 		t.Fatalf("len %d status %d, data equal %v", n, f.mem[statOff], bytes.Equal(f.mem[dataOff:dataOff+total], dev.memDev[8*512:8*512+total]))
 	}
 }
+
+// A request in progress when the front-end disconnects is not completed:
+// the front-end (QEMU restores each ring from the used index it sees when
+// the back-end goes away) and the next back-end resume from the used index,
+// and a completion written later could race with the next back-end serving
+// the same request again.
+func TestDisconnectLeavesRequestInProgressUncompleted(t *testing.T) {
+	dev := newGateDev()
+	f := newFrontendDev(t, dev, 1)
+	f.setup(true)
+	f.readChain(0, hdrOff, dataOff, statOff, 1)
+	f.offer(0)
+	unix.Write(f.kick, u64Bytes(1))
+	<-dev.entered // the worker serves request 0
+	signaled := make(chan struct{})
+	testHookStopSignaled = func() { close(signaled) }
+	t.Cleanup(func() { testHookStopSignaled = nil })
+	f.c.Close()
+	<-signaled // the connection is being closed
+	testHookStopSignaled = nil
+	close(dev.release)
+	if err := <-f.done; err != nil {
+		t.Fatal(err)
+	}
+	f.done <- nil
+	if u := f.usedIdx(); u != 0 {
+		t.Fatalf("used index %d after the disconnect, want 0 (request 0 completed after the front-end left)", u)
+	}
+}
