@@ -622,6 +622,18 @@ func (w *worker) waitStop(p []unix.PollFd) {
 // bad one are published before the error is returned.
 func (w *worker) drain(c *chain) error {
 	v := w.ring
+	published := v.usedIdx
+	defer func() {
+		if r := recover(); r != nil {
+			// A fault in guest memory (run recovers it) in the middle of a
+			// batch: its used entries were written but not published. The
+			// ring goes back to what the driver sees, so that
+			// GET_VRING_BASE reports the first request not completed.
+			v.lastAvail -= v.usedIdx - published
+			v.usedIdx = published
+			panic(r)
+		}
+	}()
 	for !w.stopping.Load() {
 		avail := loadAvailIdx(v.avail)
 		if uint16(avail-v.lastAvail) > v.num {
@@ -663,6 +675,7 @@ func (w *worker) drain(c *chain) error {
 		}
 		if v.usedIdx != old {
 			v.storeUsedIdx(v.usedIdx)
+			published = v.usedIdx
 			if w.call >= 0 && v.needNotify(old) {
 				unix.Write(w.call, u64Bytes(1))
 			}

@@ -9,6 +9,7 @@ import (
 	"math/rand"
 	"net"
 	"os"
+	"sync/atomic"
 	"testing"
 	"unsafe"
 
@@ -694,5 +695,43 @@ func TestDisconnectLeavesRequestInProgressUncompleted(t *testing.T) {
 	f.done <- nil
 	if u := f.usedIdx(); u != 0 {
 		t.Fatalf("used index %d after the disconnect, want 0 (request 0 completed after the front-end left)", u)
+	}
+}
+
+// secondDev closes second when its second read starts.
+type secondDev struct {
+	memDev
+	n      atomic.Int32
+	second chan struct{}
+}
+
+func (d *secondDev) ReadAt(p []byte, off int64) (int, error) {
+	if d.n.Add(1) == 2 {
+		close(d.second)
+	}
+	return d.memDev.ReadAt(p, off)
+}
+
+// A fault in guest memory in the middle of a batch (the front-end shrank
+// its memory below the second request's buffer) stops the ring; the base
+// it reports is the used index the driver sees, not counting the first
+// request whose used entry was written but never published.
+func TestFaultMidBatchReportsPublishedBase(t *testing.T) {
+	dev := &secondDev{memDev: testDevice(), second: make(chan struct{})}
+	f := newFrontendDev(t, dev, 1)
+	f.setup(false)
+	f.readChain(0, hdrOff, dataOff, statOff, 1)
+	f.readChain(3, hdrOff+0x100, 0x80000, statOff+0x100, 2) // beyond the shrunk size
+	if err := unix.Ftruncate(f.memfd, 0x40000); err != nil {
+		t.Fatal(err)
+	}
+	f.offer(0)
+	f.offer(3)
+	unix.Write(f.kick, u64Bytes(1))
+	<-dev.second                            // request 0 is served, request 3 is being served
+	f.send(reqGetVringBase, 0, state(0, 0)) // answered once the worker stopped
+	base := binary.LittleEndian.Uint32(f.recv(reqGetVringBase)[4:])
+	if u := f.usedIdx(); uint32(u) != base {
+		t.Fatalf("base %d, used index %d", base, u)
 	}
 }
