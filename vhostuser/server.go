@@ -498,7 +498,7 @@ func (st *connState) maybeStart(q *queue) error {
 
 // testHookStopSignaled, when set (tests), runs once a worker has been told
 // to stop and before stop waits for it.
-var testHookStopSignaled func()
+var testHookStopSignaled atomic.Pointer[func()]
 
 // stop ends q's worker after the request it is serving.
 func (st *connState) stop(q *queue) {
@@ -507,8 +507,8 @@ func (st *connState) stop(q *queue) {
 	}
 	q.w.stopping.Store(true)
 	unix.Write(q.stopFD, u64Bytes(1))
-	if testHookStopSignaled != nil {
-		testHookStopSignaled()
+	if h := testHookStopSignaled.Load(); h != nil {
+		(*h)()
 	}
 	<-q.done
 	unix.Close(q.stopFD)

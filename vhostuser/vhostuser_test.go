@@ -574,11 +574,12 @@ func TestGetVringBaseStopsAfterRequestInProgress(t *testing.T) {
 	<-dev.entered // the worker serves request 0
 	f.offer(3)    // the driver adds one more, without kicking
 	signaled := make(chan struct{})
-	testHookStopSignaled = func() { close(signaled) }
-	t.Cleanup(func() { testHookStopSignaled = nil })
+	hook := func() { close(signaled) }
+	testHookStopSignaled.Store(&hook)
+	t.Cleanup(func() { testHookStopSignaled.Store(nil) })
 	f.send(reqGetVringBase, 0, state(0, 0))
 	<-signaled // the worker has been told to stop while serving request 0
-	testHookStopSignaled = nil
+	testHookStopSignaled.Store(nil)
 	close(dev.release)
 	base := binary.LittleEndian.Uint32(f.recv(reqGetVringBase)[4:])
 	if base != 1 || f.usedIdx() != 1 || f.mem[statOff] != blkSOK || f.mem[statOff+0x100] != 0xff {
@@ -683,11 +684,12 @@ func TestDisconnectLeavesRequestInProgressUncompleted(t *testing.T) {
 	unix.Write(f.kick, u64Bytes(1))
 	<-dev.entered // the worker serves request 0
 	signaled := make(chan struct{})
-	testHookStopSignaled = func() { close(signaled) }
-	t.Cleanup(func() { testHookStopSignaled = nil })
+	hook := func() { close(signaled) }
+	testHookStopSignaled.Store(&hook)
+	t.Cleanup(func() { testHookStopSignaled.Store(nil) })
 	f.c.Close()
 	<-signaled // the connection is being closed
-	testHookStopSignaled = nil
+	testHookStopSignaled.Store(nil)
 	close(dev.release)
 	if err := <-f.done; err != nil {
 		t.Fatal(err)
