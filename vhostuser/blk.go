@@ -57,7 +57,14 @@ func gather(dst []byte, segs [][]byte) int {
 	return n
 }
 
-func (b *blkServer) serve(c *chain) (uint32, error) {
+// bounceSize is the size of a worker's bounce buffer: a read request is
+// read from the device in pieces of at most this many bytes.
+const bounceSize = 256 << 10
+
+// serve serves one request; bounce is the worker's own buffer (bounceSize
+// bytes), which the device reads into before the bytes are copied to the
+// guest.
+func (b *blkServer) serve(c *chain, bounce []byte) (uint32, error) {
 	var hdr [blkHeaderSize]byte
 	if c.rlen < blkHeaderSize || c.wlen < 1 {
 		return 0, errShortRequest
@@ -71,7 +78,7 @@ func (b *blkServer) serve(c *chain) (uint32, error) {
 	written := uint64(0)
 	switch typ {
 	case blkTIn:
-		status = b.read(c.writable, sector, data)
+		status = b.read(c.writable, sector, data, bounce)
 		if status == blkSOK {
 			written = data
 		}
@@ -92,8 +99,14 @@ func (b *blkServer) serve(c *chain) (uint32, error) {
 	return uint32(written + 1), nil
 }
 
-// read fills n bytes of segs from the device at sector.
-func (b *blkServer) read(segs [][]byte, sector, n uint64) byte {
+// read fills n bytes of segs from the device at sector. The device reads
+// into buf, never into guest memory: the guest can change its buffers
+// while the device works on them, and devices read back what they wrote
+// (the shared cache keeps a fetched page for other readers and exports,
+// a decoder uses its output as its window, padding is checked for zeros),
+// so a guest writing into its own read buffer could otherwise change
+// what other exports are served.
+func (b *blkServer) read(segs [][]byte, sector, n uint64, buf []byte) byte {
 	if n%sectorSize != 0 {
 		return blkSIOErr
 	}
@@ -102,14 +115,19 @@ func (b *blkServer) read(segs [][]byte, sector, n uint64) byte {
 		return blkSIOErr
 	}
 	off := int64(sector * sectorSize)
-	for _, s := range segs {
-		if n == 0 {
-			break
-		}
-		k := min(uint64(len(s)), n)
-		m, err := b.dev.ReadAt(s[:k], off)
+	si, so := 0, 0 // the next byte of segs to fill: segs[si][so]
+	for n > 0 {
+		k := min(n, uint64(len(buf)))
+		m, err := b.dev.ReadAt(buf[:k], off)
 		if uint64(m) != k || (err != nil && !errors.Is(err, io.EOF)) {
 			return blkSIOErr
+		}
+		for p := buf[:k]; len(p) > 0; {
+			c := copy(segs[si][so:], p)
+			p, so = p[c:], so+c
+			if so == len(segs[si]) {
+				si, so = si+1, 0
+			}
 		}
 		off += int64(k)
 		n -= k

@@ -10,6 +10,7 @@ import (
 	"net"
 	"runtime/debug"
 	"sync"
+	"sync/atomic"
 
 	"golang.org/x/sys/unix"
 
@@ -150,6 +151,7 @@ type queue struct {
 	stopFD  int // eventfd waking the worker to stop
 	done    chan struct{}
 	ring    *vring
+	w       *worker
 }
 
 type connState struct {
@@ -484,8 +486,8 @@ func (st *connState) maybeStart(q *queue) error {
 	if err != nil {
 		return fmt.Errorf("queue %d: eventfd: %v", q.index, err)
 	}
-	q.ring, q.stopFD, q.done, q.running = ring, efd, make(chan struct{}), true
-	w := &worker{mem: st.mem, ring: ring, kick: q.kick, call: q.call, stop: efd, blk: st.s.blk, log: st.s.log.With("queue", q.index)}
+	w := &worker{mem: st.mem, ring: ring, kick: q.kick, call: q.call, stop: efd, blk: st.s.blk, bounce: make([]byte, bounceSize), log: st.s.log.With("queue", q.index)}
+	q.ring, q.w, q.stopFD, q.done, q.running = ring, w, efd, make(chan struct{}), true
 	st.s.log.Debug("vhost-user ring started", "queue", q.index, "size", q.num, "base", ring.lastAvail)
 	go func() {
 		defer close(q.done)
@@ -494,15 +496,23 @@ func (st *connState) maybeStart(q *queue) error {
 	return nil
 }
 
+// testHookStopSignaled, when set (tests), runs once a worker has been told
+// to stop and before stop waits for it.
+var testHookStopSignaled atomic.Pointer[func()]
+
 // stop ends q's worker after the request it is serving.
 func (st *connState) stop(q *queue) {
 	if !q.running {
 		return
 	}
+	q.w.stopping.Store(true)
 	unix.Write(q.stopFD, u64Bytes(1))
+	if h := testHookStopSignaled.Load(); h != nil {
+		(*h)()
+	}
 	<-q.done
 	unix.Close(q.stopFD)
-	q.running = false
+	q.running, q.w = false, nil
 }
 
 func (st *connState) stopAll() {
@@ -511,7 +521,20 @@ func (st *connState) stopAll() {
 	}
 }
 
+// close ends the connection's rings and unmaps its memory. The front-end
+// is gone (or being dropped): it takes the used index it sees now as where
+// every ring resumes (QEMU's restore after a lost back-end, the next
+// back-end's SET_VRING_BASE), so the workers finish the request in
+// progress without completing it: no used entry, index or interrupt is
+// written after this point. A completion published now could land after
+// the next back-end has resumed the ring from the older index and served
+// the same request again (a double completion, a used index moving back).
 func (st *connState) close() {
+	for _, q := range st.queues {
+		if q.running {
+			q.w.abandoned.Store(true)
+		}
+	}
 	st.stopAll()
 	for _, q := range st.queues {
 		q.reset()
@@ -528,7 +551,15 @@ type worker struct {
 	call int
 	stop int
 	blk  *blkServer
-	log  interface {
+	// bounce is the buffer the device reads into (bounceSize bytes).
+	bounce []byte
+	// stopping is set (before the stop eventfd is written) to end drain
+	// after the request in progress.
+	stopping atomic.Bool
+	// abandoned is set (before stopping) when the front-end is gone: the
+	// requests served from then on are not completed (see connState.close).
+	abandoned atomic.Bool
+	log       interface {
 		Warn(string, ...any)
 	}
 }
@@ -586,10 +617,24 @@ func (w *worker) waitStop(p []unix.PollFd) {
 }
 
 // drain serves every available request, publishing used entries and
-// interrupting the driver as it asks.
+// interrupting the driver as it asks. It returns early, after the request
+// in progress, once the worker is told to stop. Requests served before a
+// bad one are published before the error is returned.
 func (w *worker) drain(c *chain) error {
 	v := w.ring
-	for {
+	published := v.usedIdx
+	defer func() {
+		if r := recover(); r != nil {
+			// A fault in guest memory (run recovers it) in the middle of a
+			// batch: its used entries were written but not published. The
+			// ring goes back to what the driver sees, so that
+			// GET_VRING_BASE reports the first request not completed.
+			v.lastAvail -= v.usedIdx - published
+			v.usedIdx = published
+			panic(r)
+		}
+	}()
+	for !w.stopping.Load() {
 		avail := loadAvailIdx(v.avail)
 		if uint16(avail-v.lastAvail) > v.num {
 			return fmt.Errorf("available index %d is %d entries ahead of %d (queue size %d)", avail, avail-v.lastAvail, v.lastAvail, v.num)
@@ -605,23 +650,41 @@ func (w *worker) drain(c *chain) error {
 			continue
 		}
 		old := v.usedIdx
-		for v.lastAvail != avail {
+		var err error
+		for v.lastAvail != avail && !w.stopping.Load() {
 			head := v.availHead(v.lastAvail)
-			if err := walk(w.mem, v.desc, v.num, head, c); err != nil {
-				return err
+			if err = walk(w.mem, v.desc, v.num, head, c); err != nil {
+				break
 			}
-			n, err := w.blk.serve(c)
-			if err != nil {
-				return fmt.Errorf("descriptor %d: %v", head, err)
+			n, serr := w.blk.serve(c, w.bounce)
+			if serr != nil {
+				err = fmt.Errorf("descriptor %d: %v", head, serr)
+				break
+			}
+			if w.abandoned.Load() {
+				break // not even the used entry is written
 			}
 			v.lastAvail++
 			v.pushUsed(head, n)
 		}
-		v.storeUsedIdx(v.usedIdx)
-		if w.call >= 0 && v.needNotify(old) {
-			unix.Write(w.call, u64Bytes(1))
+		if w.abandoned.Load() {
+			// Entries written but not published: the next back-end
+			// serves those requests again.
+			v.usedIdx, v.lastAvail = old, v.lastAvail-(v.usedIdx-old)
+			return nil
+		}
+		if v.usedIdx != old {
+			v.storeUsedIdx(v.usedIdx)
+			published = v.usedIdx
+			if w.call >= 0 && v.needNotify(old) {
+				unix.Write(w.call, u64Bytes(1))
+			}
+		}
+		if err != nil {
+			return err
 		}
 	}
+	return nil
 }
 
 // loadUsedIdx reads the used index the driver left, a fault (shrunk

@@ -9,9 +9,13 @@ import (
 	"math/rand"
 	"net"
 	"os"
+	"sync/atomic"
 	"testing"
+	"unsafe"
 
 	"golang.org/x/sys/unix"
+
+	"github.com/erofs-blockd/erofs-blockd/blockdev"
 )
 
 type memDev []byte
@@ -455,5 +459,281 @@ func TestShrunkMemoryStopsRing(t *testing.T) {
 	f.send(reqGetVringBase, 0, state(0, 0)) // answered once the worker stopped
 	if b := f.recv(reqGetVringBase); binary.LittleEndian.Uint32(b[4:]) != 0 {
 		t.Fatalf("base %d after a fault", binary.LittleEndian.Uint32(b[4:]))
+	}
+}
+
+// gateDev is a device whose first read waits: entered is closed when it
+// starts, and it returns once release is closed.
+type gateDev struct {
+	memDev
+	once             chan struct{} // buffered 1: the first read takes it
+	entered, release chan struct{}
+}
+
+func newGateDev() *gateDev {
+	g := &gateDev{memDev: testDevice(), once: make(chan struct{}, 1), entered: make(chan struct{}), release: make(chan struct{})}
+	g.once <- struct{}{}
+	return g
+}
+
+func (g *gateDev) ReadAt(p []byte, off int64) (int, error) {
+	select {
+	case <-g.once:
+		close(g.entered)
+		<-g.release
+	default:
+	}
+	return g.memDev.ReadAt(p, off)
+}
+
+func newFrontendDev(t *testing.T, dev blockdev.Device, queues int) *frontend {
+	t.Helper()
+	fds, err := unix.Socketpair(unix.AF_UNIX, unix.SOCK_STREAM|unix.SOCK_CLOEXEC, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	mk := func(fd int) *net.UnixConn {
+		f := os.NewFile(uintptr(fd), "sock")
+		c, err := net.FileConn(f)
+		f.Close()
+		if err != nil {
+			t.Fatal(err)
+		}
+		return c.(*net.UnixConn)
+	}
+	srv, cli := mk(fds[0]), mk(fds[1])
+	s, err := New(Config{Device: dev, Queues: queues, Logger: slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: slog.LevelWarn}))})
+	if err != nil {
+		t.Fatal(err)
+	}
+	f := &frontend{t: t, c: cli, gpa: testGPA, uva: testUVA, num: 8, done: make(chan error, 1)}
+	go func() { f.done <- s.ServeConn(srv) }()
+	t.Cleanup(func() { cli.Close(); <-f.done })
+	return f
+}
+
+// readChain puts a read of one 512-byte sector at descriptors i..i+2:
+// header at hdr, data at data, status at stat (set to 0xff).
+func (f *frontend) readChain(i int, hdr, data, stat uint64, sector uint64) {
+	binary.LittleEndian.PutUint32(f.mem[hdr:], blkTIn)
+	binary.LittleEndian.PutUint64(f.mem[hdr+8:], sector)
+	f.mem[stat] = 0xff
+	f.putDesc(f.desc, i, f.gpa+hdr, 16, descNext, uint16(i+1))
+	f.putDesc(f.desc, i+1, f.gpa+data, 512, descNext|descWrite, uint16(i+2))
+	f.putDesc(f.desc, i+2, f.gpa+stat, 1, descWrite, 0)
+}
+
+// offer makes head available (without kicking).
+func (f *frontend) offer(head uint16) {
+	binary.LittleEndian.PutUint16(f.mem[f.avail+4+2*uint64(f.availIdx%f.num):], head)
+	f.availIdx++
+	binary.LittleEndian.PutUint16(f.mem[f.avail+2:], f.availIdx)
+}
+
+func (f *frontend) usedIdx() uint16 { return binary.LittleEndian.Uint16(f.mem[f.used+2:]) }
+
+// A request served before a bad chain of the same batch is completed
+// (its used entry published) before the ring stops; GET_VRING_BASE
+// reports the first request not completed.
+func TestBadChainPublishesEarlierCompletions(t *testing.T) {
+	dev := newGateDev()
+	f := newFrontendDev(t, dev, 1)
+	f.setup(false)
+	f.readChain(0, hdrOff, dataOff, statOff, 3)
+	f.putDesc(f.desc, 3, f.gpa+testMem-10, 4096, descWrite, 0) // past the region
+	f.offer(0)
+	f.offer(3)
+	unix.Write(f.kick, u64Bytes(1))
+	<-dev.entered // the worker serves request 0 (and then walks request 3)
+	close(dev.release)
+	f.send(reqGetVringBase, 0, state(0, 0)) // answered once the worker stopped
+	base := binary.LittleEndian.Uint32(f.recv(reqGetVringBase)[4:])
+	if f.mem[statOff] != blkSOK || !bytes.Equal(f.mem[dataOff:dataOff+512], dev.memDev[3*512:4*512]) {
+		t.Fatalf("request 0: status %d", f.mem[statOff])
+	}
+	e := f.mem[f.used+4:]
+	if u := f.usedIdx(); u != 1 || binary.LittleEndian.Uint32(e) != 0 || binary.LittleEndian.Uint32(e[4:]) != 513 {
+		t.Fatalf("used index %d (want 1), used[0] id %d len %d", u, binary.LittleEndian.Uint32(e), binary.LittleEndian.Uint32(e[4:]))
+	}
+	if base != 1 {
+		t.Fatalf("base %d want 1", base)
+	}
+}
+
+// GET_VRING_BASE stops the ring after the request in progress, even when
+// the driver keeps making requests available meanwhile; the request left
+// is served once the ring is started again.
+func TestGetVringBaseStopsAfterRequestInProgress(t *testing.T) {
+	dev := newGateDev()
+	f := newFrontendDev(t, dev, 1)
+	f.setup(false)
+	f.readChain(0, hdrOff, dataOff, statOff, 1)
+	f.readChain(3, hdrOff+0x100, dataOff+0x1000, statOff+0x100, 2)
+	f.offer(0)
+	unix.Write(f.kick, u64Bytes(1))
+	<-dev.entered // the worker serves request 0
+	f.offer(3)    // the driver adds one more, without kicking
+	signaled := make(chan struct{})
+	hook := func() { close(signaled) }
+	testHookStopSignaled.Store(&hook)
+	t.Cleanup(func() { testHookStopSignaled.Store(nil) })
+	f.send(reqGetVringBase, 0, state(0, 0))
+	<-signaled // the worker has been told to stop while serving request 0
+	testHookStopSignaled.Store(nil)
+	close(dev.release)
+	base := binary.LittleEndian.Uint32(f.recv(reqGetVringBase)[4:])
+	if base != 1 || f.usedIdx() != 1 || f.mem[statOff] != blkSOK || f.mem[statOff+0x100] != 0xff {
+		t.Fatalf("base %d used %d, status %d and %d (want base 1, used 1, request 3 not served)", base, f.usedIdx(), f.mem[statOff], f.mem[statOff+0x100])
+	}
+	// Started again (a new kick fd), the ring serves request 3.
+	kick, _ := unix.Eventfd(0, unix.EFD_CLOEXEC)
+	t.Cleanup(func() { unix.Close(kick) })
+	f.ackd(reqSetVringKick, u64Bytes(0), kick)
+	for f.usedIdx() != 2 {
+		var b [8]byte
+		unix.Read(f.call, b[:])
+	}
+	if f.mem[statOff+0x100] != blkSOK || !bytes.Equal(f.mem[dataOff+0x1000:dataOff+0x1000+512], dev.memDev[2*512:3*512]) {
+		t.Fatalf("request 3 after the restart: status %d", f.mem[statOff+0x100])
+	}
+}
+
+// The avail and used indexes are read and written at their little-endian
+// places for every alignment of the ring (4-aligned, 2 mod 4, odd).
+func TestRingIndexPlacement(t *testing.T) {
+	buf := make([]byte, 64)
+	base := int((4 - uintptr(unsafe.Pointer(&buf[0]))%4) % 4) // buf[base] is 4-aligned
+	for _, off := range []int{0, 2, 1, 3} {
+		a := buf[base+off : base+off+6+2*4]
+		clear(buf)
+		binary.LittleEndian.PutUint16(a, 0x0101)     // flags
+		binary.LittleEndian.PutUint16(a[2:], 0xbeef) // idx
+		binary.LittleEndian.PutUint16(a[4:], 0x7777) // ring[0]
+		if got := loadAvailIdx(a); got != 0xbeef {
+			t.Errorf("avail at %d mod 4: idx %#x want 0xbeef", off, got)
+		}
+		clear(buf)
+		u := buf[base+off : base+off+6+8*4]
+		binary.LittleEndian.PutUint16(u, 0x0001) // flags (NO_NOTIFY) stay
+		(&vring{num: 4, used: u}).storeUsedIdx(0x1234)
+		if f, i := binary.LittleEndian.Uint16(u), binary.LittleEndian.Uint16(u[2:]); f != 1 || i != 0x1234 {
+			t.Errorf("used at %d mod 4: flags %#x idx %#x", off, f, i)
+		}
+	}
+}
+
+// probeDev reports, on its first read, whether the buffer it was given is the
+// guest's memory: it writes a marker into it and looks for the marker
+// through the front-end's own mapping (at the request's data address).
+type probeDev struct {
+	memDev
+	guest   []byte // the front-end's view of the data buffer
+	probed  bool
+	aliased bool
+}
+
+func (d *probeDev) ReadAt(p []byte, off int64) (int, error) {
+	if len(p) > 0 && len(d.guest) > 0 && !d.probed { // the first read only
+		d.probed = true
+		d.guest[0] = 0
+		p[0] = 0xa5
+		if d.guest[0] == 0xa5 {
+			d.aliased = true
+		}
+	}
+	return d.memDev.ReadAt(p, off)
+}
+
+// The device reads into the back-end's own buffer, never into guest
+// memory: the guest may change its buffers while a read is in progress,
+// and a device may read back what it wrote (the shared cache keeps the
+// bytes a read fetched for other readers and exports; a decoder uses its
+// output as its window). A read larger than the bounce buffer, over
+// several descriptors, arrives whole.
+func TestDeviceNeverReadsIntoGuestMemory(t *testing.T) {
+	dev := &probeDev{memDev: testDevice()}
+	f := newFrontendDev(t, dev, 1)
+	f.setup(false)
+	dev.guest = f.mem[dataOff : dataOff+1]
+	const total = 3*bounceSize/2 + 4096
+	f.header(blkTIn, 8)
+	f.putDesc(f.desc, 0, f.gpa+hdrOff, 16, descNext, 1)
+	f.putDesc(f.desc, 1, f.gpa+dataOff, 4096, descNext|descWrite, 2)
+	f.putDesc(f.desc, 2, f.gpa+dataOff+4096, total-4096, descNext|descWrite, 3)
+	f.putDesc(f.desc, 3, f.gpa+statOff, 1, descWrite, 0)
+	_, n := f.submit(0)
+	if dev.aliased {
+		t.Fatal("the device was given guest memory to read into")
+	}
+	if n != total+1 || f.mem[statOff] != blkSOK || !bytes.Equal(f.mem[dataOff:dataOff+total], dev.memDev[8*512:8*512+total]) {
+		t.Fatalf("len %d status %d, data equal %v", n, f.mem[statOff], bytes.Equal(f.mem[dataOff:dataOff+total], dev.memDev[8*512:8*512+total]))
+	}
+}
+
+// A request in progress when the front-end disconnects is not completed:
+// the front-end (QEMU restores each ring from the used index it sees when
+// the back-end goes away) and the next back-end resume from the used index,
+// and a completion written later could race with the next back-end serving
+// the same request again.
+func TestDisconnectLeavesRequestInProgressUncompleted(t *testing.T) {
+	dev := newGateDev()
+	f := newFrontendDev(t, dev, 1)
+	f.setup(true)
+	f.readChain(0, hdrOff, dataOff, statOff, 1)
+	f.offer(0)
+	unix.Write(f.kick, u64Bytes(1))
+	<-dev.entered // the worker serves request 0
+	signaled := make(chan struct{})
+	hook := func() { close(signaled) }
+	testHookStopSignaled.Store(&hook)
+	t.Cleanup(func() { testHookStopSignaled.Store(nil) })
+	f.c.Close()
+	<-signaled // the connection is being closed
+	testHookStopSignaled.Store(nil)
+	close(dev.release)
+	if err := <-f.done; err != nil {
+		t.Fatal(err)
+	}
+	f.done <- nil
+	if u := f.usedIdx(); u != 0 {
+		t.Fatalf("used index %d after the disconnect, want 0 (request 0 completed after the front-end left)", u)
+	}
+}
+
+// secondDev closes second when its second read starts.
+type secondDev struct {
+	memDev
+	n      atomic.Int32
+	second chan struct{}
+}
+
+func (d *secondDev) ReadAt(p []byte, off int64) (int, error) {
+	if d.n.Add(1) == 2 {
+		close(d.second)
+	}
+	return d.memDev.ReadAt(p, off)
+}
+
+// A fault in guest memory in the middle of a batch (the front-end shrank
+// its memory below the second request's buffer) stops the ring; the base
+// it reports is the used index the driver sees, not counting the first
+// request whose used entry was written but never published.
+func TestFaultMidBatchReportsPublishedBase(t *testing.T) {
+	dev := &secondDev{memDev: testDevice(), second: make(chan struct{})}
+	f := newFrontendDev(t, dev, 1)
+	f.setup(false)
+	f.readChain(0, hdrOff, dataOff, statOff, 1)
+	f.readChain(3, hdrOff+0x100, 0x80000, statOff+0x100, 2) // beyond the shrunk size
+	if err := unix.Ftruncate(f.memfd, 0x40000); err != nil {
+		t.Fatal(err)
+	}
+	f.offer(0)
+	f.offer(3)
+	unix.Write(f.kick, u64Bytes(1))
+	<-dev.second                            // request 0 is served, request 3 is being served
+	f.send(reqGetVringBase, 0, state(0, 0)) // answered once the worker stopped
+	base := binary.LittleEndian.Uint32(f.recv(reqGetVringBase)[4:])
+	if u := f.usedIdx(); uint32(u) != base {
+		t.Fatalf("base %d, used index %d", base, u)
 	}
 }

@@ -42,24 +42,44 @@ func fence() { atomic.AddUint64(&fenceWord, 1) }
 
 func le16(b []byte) uint16 { return binary.LittleEndian.Uint16(b) }
 
-// load16 reads a guest-written 16-bit index with acquire ordering when it
-// is 4-aligned inside a 32-bit word (avail flags|idx).
+// loadAvailIdx reads the guest-written avail idx with acquire ordering
+// (the ring entries and descriptors are read after it): a 32-bit atomic
+// load of the aligned word holding it, flags|idx when avail is 4-aligned,
+// idx|ring[0] when it is 2 mod 4 (the ring has at least one entry).
+// Only a mapping at an odd address (an odd mmap_offset) falls back to a
+// plain load followed by a full fence. The ring is little-endian whatever
+// the host: the word's bytes are decoded as they lie in memory.
 func loadAvailIdx(avail []byte) uint16 {
 	p := unsafe.Pointer(&avail[0])
-	if uintptr(p)%4 == 0 {
-		return uint16(atomic.LoadUint32((*uint32)(p)) >> 16)
+	switch uintptr(p) % 4 {
+	case 0:
+		return wordLE16(atomic.LoadUint32((*uint32)(p)), 2)
+	case 2:
+		return wordLE16(atomic.LoadUint32((*uint32)(unsafe.Pointer(&avail[2]))), 0)
 	}
+	idx := le16(avail[2:])
 	fence()
-	return le16(avail[2:])
+	return idx
 }
 
-// storeUsedIdx publishes the used index (release): the used ring is
-// 4-aligned and its flags word is ours.
+// wordLE16 decodes the little-endian 16-bit field at byte i of a 32-bit
+// word loaded from memory in host byte order.
+func wordLE16(w uint32, i int) uint16 {
+	var b [4]byte
+	binary.NativeEndian.PutUint32(b[:], w)
+	return binary.LittleEndian.Uint16(b[i:])
+}
+
+// storeUsedIdx publishes the used index (release): one 32-bit atomic
+// store of the used ring's flags (ours, kept as they are) and idx, in
+// the ring's little-endian byte order.
 func (v *vring) storeUsedIdx(idx uint16) {
 	p := unsafe.Pointer(&v.used[0])
 	if uintptr(p)%4 == 0 {
-		flags := uint32(le16(v.used))
-		atomic.StoreUint32((*uint32)(p), flags|uint32(idx)<<16)
+		var b [4]byte
+		copy(b[:2], v.used[:2])
+		binary.LittleEndian.PutUint16(b[2:], idx)
+		atomic.StoreUint32((*uint32)(p), binary.NativeEndian.Uint32(b[:]))
 		return
 	}
 	fence()
