@@ -11,6 +11,7 @@ import (
 	"time"
 
 	"github.com/erofs-blockd/erofs-blockd/blockdev"
+	"github.com/erofs-blockd/erofs-blockd/mapping"
 	"github.com/erofs-blockd/erofs-blockd/nbd"
 )
 
@@ -191,6 +192,55 @@ func traceRuns(entries []traceEntry, unit int64, maxRun int) []traceEntry {
 	return out
 }
 
+// toBlobSpace rewrites device ranges as ranges of the inputs they fall in
+// (export "name\x00dev", offsets in the input), so that traceRuns counts
+// the inputs' own fetch chunks: a blob need not start at a chunk-aligned
+// device offset, and device-aligned pieces would straddle two of its
+// chunks. Holes are dropped; ranges of unknown exports kept as they are.
+func toBlobSpace(entries []traceEntry, byName map[string]*Export) []traceEntry {
+	out := make([]traceEntry, 0, len(entries))
+	for _, e := range entries {
+		ex := byName[e.export]
+		if ex == nil || ex.Flat == nil {
+			out = append(out, e)
+			continue
+		}
+		ex.Flat.Map().Runs(e.off, e.len, func(r mapping.Run) error {
+			if !r.Hole {
+				out = append(out, traceEntry{export: e.export + "\x00" + strconv.Itoa(r.Dev), off: r.DevOff, len: r.Len})
+			}
+			return nil
+		})
+	}
+	return out
+}
+
+// fromBlobSpace turns toBlobSpace's ranges back into device ranges,
+// clipped to their input's extent.
+func fromBlobSpace(entries []traceEntry, byName map[string]*Export) []traceEntry {
+	out := entries[:0]
+	for _, e := range entries {
+		name, devs, ok := strings.Cut(e.export, "\x00")
+		dev, err := strconv.Atoi(devs)
+		ex := byName[name]
+		if !ok || err != nil || ex == nil || ex.Flat == nil {
+			out = append(out, e)
+			continue
+		}
+		m := ex.Flat.Map()
+		if dev < 0 || dev >= m.Devices() {
+			continue
+		}
+		ext := m.Device(dev)
+		start, end := int64(ext.Start)<<m.BlockBits(), int64(ext.End())<<m.BlockBits()
+		off := start + e.off
+		if n := min(e.len, end-off); n > 0 {
+			out = append(out, traceEntry{export: name, off: off, len: n})
+		}
+	}
+	return out
+}
+
 // PrefetchStats reports a finished prefetch.
 type PrefetchStats struct {
 	Ranges int
@@ -211,11 +261,11 @@ func (d *Daemon) ReplayTrace(ctx context.Context, path string, workers int) (Pre
 	if unit <= 0 {
 		unit = 1 << 20
 	}
-	entries = traceRuns(entries, unit, 8)
 	byName := map[string]*Export{}
 	for _, ex := range d.Exports() {
 		byName[ex.Spec.Name] = ex
 	}
+	entries = fromBlobSpace(traceRuns(toBlobSpace(entries, byName), unit, 8), byName)
 	t0 := time.Now()
 	ch := make(chan traceEntry)
 	var mu sync.Mutex

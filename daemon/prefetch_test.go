@@ -6,11 +6,14 @@ import (
 	"crypto/rand"
 	"net/http"
 	"net/http/httptest"
+	"os"
 	"path/filepath"
 	"sync/atomic"
 	"testing"
 	"time"
 
+	"github.com/erofs-blockd/erofs-blockd/internal/multiblob"
+	"github.com/erofs-blockd/erofs-blockd/internal/testtree"
 	"github.com/erofs-blockd/erofs-blockd/nbd"
 	"github.com/erofs-blockd/erofs-blockd/source"
 )
@@ -123,5 +126,61 @@ func TestTraceRuns(t *testing.T) {
 		if got[i] != want[i] {
 			t.Fatalf("got %v, want %v", got, want)
 		}
+	}
+}
+
+// TestTraceBlobSpace: trace ranges are cut at the inputs' boundaries and
+// counted in each input's own fetch chunks (a blob starting at an offset
+// that is not a multiple of the chunk), holes dropped, and turned back
+// into device ranges inside each input's extent.
+func TestTraceBlobSpace(t *testing.T) {
+	dir := t.TempDir()
+	tree := filepath.Join(dir, "tree")
+	os.Mkdir(tree, 0o755)
+	testtree.Build(t, tree, testtree.Options{Seed: 5, Files: 40, MaxSize: 200 << 10})
+	p, b := filepath.Join(dir, "p.erofs"), filepath.Join(dir, "b.blob")
+	testtree.Mkfs(t, p, tree, "--blobdev="+b, "--chunksize=4096")
+	res, err := multiblob.Split(p, b, filepath.Join(dir, "mb"), multiblob.Options{N: 3, Layout: multiblob.LayoutAligned, Align: 12 << 10})
+	if err != nil {
+		t.Fatal(err)
+	}
+	d, err := New(Config{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer d.Close()
+	ex, err := d.Add(Spec{Name: "x", Blobs: append([]string{res.Primary}, res.Blobs...)})
+	if err != nil {
+		t.Fatal(err)
+	}
+	m := ex.Flat.Map()
+	const unit = 64 << 10
+	byName := map[string]*Export{"x": ex}
+	in := []traceEntry{{"x", 0, m.Size()}, {"other", 5, 7}}
+	got := fromBlobSpace(traceRuns(toBlobSpace(in, byName), unit, 1), byName)
+	var covered int64
+	for _, e := range got {
+		if e.export == "other" {
+			continue
+		}
+		ext, devOff, _, ok := m.Lookup(e.off)
+		if !ok {
+			t.Fatalf("range %+v starts in a hole", e)
+		}
+		start, end := int64(ext.Start)<<m.BlockBits(), int64(ext.End())<<m.BlockBits()
+		if devOff%unit != 0 || e.off+e.len > end || e.len > unit || e.off < start {
+			t.Fatalf("range %+v: input %d at %d-%d, offset %d in it", e, ext.Dev, start, end, devOff)
+		}
+		covered += e.len
+	}
+	var want int64
+	for i := 0; i < m.Devices(); i++ {
+		want += int64(m.Device(i).Blocks) << m.BlockBits()
+	}
+	if covered != want {
+		t.Fatalf("ranges cover %d bytes, the inputs %d", covered, want)
+	}
+	if got[len(got)-1] != (traceEntry{"other", 0, unit}) { // in device space, as before
+		t.Fatalf("unknown export's range: %+v", got[len(got)-1])
 	}
 }
