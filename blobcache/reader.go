@@ -3,6 +3,7 @@ package blobcache
 import (
 	"fmt"
 	"io"
+	"os"
 	"sort"
 	"sync"
 	"sync/atomic"
@@ -75,6 +76,31 @@ func (r *Reader) SetSpans(spans []Span) {
 		r.spans = append(r.spans, span{Span: s, id: r.sh.intern("content\x00" + s.Content)})
 	}
 	sort.Slice(r.spans, func(i, j int) bool { return r.spans[i].Off < r.spans[j].Off })
+}
+
+// ZeroCopyFile implements flatdev.ZeroCopySource: a read that NBD can send
+// with sendfile (at least 64 KiB inside one input) goes straight from a
+// local input file to the socket, past the cache, as it does without one.
+// The kernel's page cache already holds those pages (once per file,
+// however many exports name it), and a copy through this cache costs more
+// than the pread it would save. Inputs that are not plain files without an
+// injected delay (remote, decoded, --debug-backend-delay) never qualify.
+func (r *Reader) ZeroCopyFile() (*os.File, bool) { return r.be.ZeroCopyFile() }
+
+// CountZeroCopy records n bytes sent from ZeroCopyFile.
+func (r *Reader) CountZeroCopy(n int64) {
+	r.be.CountZeroCopy(n)
+	r.sh.zeroCopyBytes.Add(uint64(n))
+}
+
+// FileLease passes blockdev.FileLeaser through (a remote blob's chunk
+// stored in the disk cache is a local file too; see ZeroCopyFile).
+func (r *Reader) FileLease(off, n int64) (*os.File, int64, func(), bool) {
+	f, foff, release, ok := r.be.FileLease(off, n)
+	if ok {
+		r.sh.zeroCopyBytes.Add(uint64(n))
+	}
+	return f, foff, release, ok
 }
 
 // Enable turns caching on.

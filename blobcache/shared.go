@@ -29,6 +29,7 @@ type Shared struct {
 
 	dedupFile, dedupCopy, dedupContent atomic.Uint64
 	padReads                           atomic.Uint64
+	zeroCopyBytes                      atomic.Uint64
 }
 
 // NewShared wraps c (which must not be nil).
@@ -79,6 +80,9 @@ type Stats struct {
 	DedupFile, DedupCopy, DedupContent uint64
 	// PadReads counts backend reads of a tail page's padding.
 	PadReads uint64
+	// ZeroCopyBytes counts bytes sent with sendfile from a local input
+	// file (or a disk-cache chunk) past the cache (Reader.ZeroCopyFile).
+	ZeroCopyBytes uint64
 }
 
 // Stats returns the counters.
@@ -86,6 +90,6 @@ func (s *Shared) Stats() Stats {
 	return Stats{
 		Stats:     s.c.Stats(),
 		DedupFile: s.dedupFile.Load(), DedupCopy: s.dedupCopy.Load(), DedupContent: s.dedupContent.Load(),
-		PadReads: s.padReads.Load(),
+		PadReads: s.padReads.Load(), ZeroCopyBytes: s.zeroCopyBytes.Load(),
 	}
 }
