@@ -49,6 +49,10 @@ type Reader struct {
 	origin  cache.Origin
 	spans   []span
 	enabled atomic.Bool
+	// cheap: the input is a plain local file (ZeroCopyFile), whose reads
+	// cost about what a hit does; its pages are cached only when read
+	// again (cache.AcquireOnSecondMiss).
+	cheap bool
 
 	padMu sync.Mutex
 	pad   map[int64]bool // tail page -> padding is zero (absent: unknown)
@@ -61,6 +65,7 @@ func (sh *Shared) NewReader(cfg ReaderConfig) *Reader {
 		blobID: sh.intern("blob\x00" + cfg.BlobID), id: origin{cfg.FileID, cfg.BlobID},
 		origin: sh.newOrigin(origin{cfg.FileID, cfg.BlobID}), pad: make(map[int64]bool),
 	}
+	_, r.cheap = cfg.Backend.ZeroCopyFile()
 	r.SetSpans(cfg.Spans)
 	return r
 }
@@ -254,18 +259,24 @@ func (r *Reader) readChunk(s *scratch, p []byte, off, end int64) error {
 		reqs[i] = cache.Req{Key: pg.key, Dst: dst}
 	}
 	c := r.sh.c
-	c.Acquire(reqs)
+	if r.cheap && p != nil {
+		c.AcquireOnSecondMiss(reqs)
+	} else {
+		c.Acquire(reqs)
+	}
 
-	// Runs we lead: one backend read each, then store them.
+	// Runs left to us (cache.Miss) are read uncached, one backend read
+	// each, padding included; runs we lead are read the same way, then
+	// stored.
 	var firstErr error
 	for i := 0; i < np; {
-		f := reqs[i].Flight
-		if reqs[i].State != cache.Lead {
+		f, st := reqs[i].Flight, reqs[i].State
+		if st != cache.Lead && st != cache.Miss {
 			i++
 			continue
 		}
 		j := i + 1
-		for j < np && reqs[j].State == cache.Lead && reqs[j].Flight == f {
+		for j < np && reqs[j].State == st && reqs[j].Flight == f {
 			j++
 		}
 		from := pages[i].start
@@ -281,6 +292,21 @@ func (r *Reader) readChunk(s *scratch, p []byte, off, end int64) error {
 			buf = s.tmp[:to-from]
 		}
 		got, err := r.be.ReadAt(buf, from)
+		if st == cache.Miss {
+			if got < len(buf) {
+				if err == nil || err == io.EOF {
+					err = io.EOF
+				}
+				// Flights we lead later in the chunk must still be resolved.
+				if firstErr == nil {
+					firstErr = err
+				}
+			} else if !intoP {
+				put(from, buf)
+			}
+			i = j
+			continue
+		}
 		if got < len(buf) {
 			if err == nil || err == io.EOF {
 				err = io.EOF

@@ -317,3 +317,50 @@ func TestZeroCopyBypass(t *testing.T) {
 		}
 	}
 }
+
+// TestCheapInputCachedOnSecondRead: pages of a plain local file enter the
+// cache only when read a second time; every read returns the file's bytes,
+// unaligned ones and the file's last partial page included.
+func TestCheapInputCachedOnSecondRead(t *testing.T) {
+	f, err := os.CreateTemp(t.TempDir(), "blob")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer f.Close()
+	data := randBytes(rand.New(rand.NewSource(4)), 20*PageSize+123)
+	if _, err := f.Write(data); err != nil {
+		t.Fatal(err)
+	}
+	sh := NewShared(cache.New(1<<20, PageSize))
+	be := &Backend{Name: "f", R: f, Size: int64(len(data))}
+	r := sh.NewReader(ReaderConfig{Backend: be, FileID: "f", BlobID: "f"})
+	r.Enable()
+	read := func(off, n int64) {
+		t.Helper()
+		p := make([]byte, n)
+		if _, err := r.ReadAt(p, off); err != nil || !bytes.Equal(p, data[off:off+n]) {
+			t.Fatalf("ReadAt(%d, %d): %v, or wrong bytes", off, n, err)
+		}
+	}
+	ranges := [][2]int64{{0, 3 * PageSize}, {4*PageSize + 7, 5000}, {19*PageSize - 10, PageSize + 133}, {8 * PageSize, 100}} // no page twice
+	for _, rg := range ranges {
+		read(rg[0], rg[1])
+	}
+	if st := sh.Stats(); st.Inserts != 0 || st.Misses == 0 {
+		t.Fatalf("first reads: %+v", st)
+	}
+	for _, rg := range ranges {
+		read(rg[0], rg[1])
+	}
+	ins := sh.Stats().Inserts
+	if ins == 0 {
+		t.Fatal("pages read twice were not cached")
+	}
+	b0 := be.Stats().Bytes
+	for _, rg := range ranges {
+		read(rg[0], rg[1])
+	}
+	if st := sh.Stats(); st.Inserts != ins || be.Stats().Bytes != b0 {
+		t.Fatalf("third reads went to the file: %+v, backend bytes %d -> %d", st, b0, be.Stats().Bytes)
+	}
+}

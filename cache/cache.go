@@ -133,7 +133,7 @@ func (f *Flight) Wait(i int, dst []byte) (int, Origin, error) {
 type State uint8
 
 const (
-	Miss State = iota // (only inside Acquire)
+	Miss State = iota // AcquireOnSecondMiss: not cached, read it yourself
 	Hit               // the value was copied to Dst
 	Lead              // the caller must fetch the key and resolve Flight
 	Wait              // another caller is fetching it: Flight.Wait(Index, ...)
@@ -304,7 +304,17 @@ func (c *Cache) hit(r *Req, i int32) {
 // which the caller must resolve with Complete or Fail before it waits on
 // any other Flight (its own included: a key twice in a batch waits on the
 // first's Flight).
-func (c *Cache) Acquire(reqs []Req) {
+func (c *Cache) Acquire(reqs []Req) { c.acquire(reqs, false) }
+
+// AcquireOnSecondMiss is Acquire for keys whose fetch is as cheap as a hit
+// (a page-cached local file): a key that is neither cached, being fetched
+// nor a ghost is only remembered as a ghost and left in State Miss for the
+// caller to read uncached; a miss on a ghost leads a fetch into the main
+// FIFO as usual. So only pages read again within the ghost ring's reach
+// are copied into the cache, and a one-time read costs a lookup.
+func (c *Cache) AcquireOnSecondMiss(reqs []Req) { c.acquire(reqs, true) }
+
+func (c *Cache) acquire(reqs []Req, second bool) {
 	missing, hits := 0, uint64(0)
 	c.mu.RLock()
 	for i := range reqs {
@@ -334,13 +344,18 @@ func (c *Cache) Acquire(reqs []Req) {
 			} else if p, ok := c.pending[r.Key]; ok {
 				p.fl.waiters++
 				r.State, r.Flight, r.Index = Wait, p.fl, p.fi
+			} else if second && !c.unghost(r.Key) {
+				c.addGhost(r.Key) // Miss: the caller reads it
+				leads++
+				lead = nil
+				continue
 			} else {
 				if lead == nil {
 					lead = &Flight{done: make(chan struct{})}
 				}
 				fi := len(lead.keys)
 				lead.keys = append(lead.keys, r.Key)
-				lead.ghost = append(lead.ghost, c.unghost(r.Key))
+				lead.ghost = append(lead.ghost, second || c.unghost(r.Key))
 				c.pending[r.Key] = pending{lead, fi}
 				r.State, r.Flight, r.Index = Lead, lead, fi
 				leads++
@@ -519,6 +534,9 @@ func (c *Cache) evictMain() {
 // the ring is full.
 func (c *Cache) addGhost(k Key) {
 	n := uint64(len(c.ghosts))
+	if n == 0 {
+		return
+	}
 	gi := int32(c.gseq % n)
 	c.gseq++
 	g := &c.ghosts[gi]

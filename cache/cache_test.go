@@ -377,3 +377,49 @@ func TestRandomConcurrent(t *testing.T) {
 		t.Fatalf("stats %+v", s)
 	}
 }
+
+// AcquireOnSecondMiss leaves a first miss to the caller and remembers the
+// key; the next miss on it leads a fetch into main, then it hits. Keys
+// being fetched by others are still waited on.
+func TestAcquireOnSecondMiss(t *testing.T) {
+	c := New(1<<20, 4096)
+	k := Key{ID: 1, Index: 1}
+	second := func(k Key) Req {
+		r := []Req{{Key: k, Dst: make([]byte, 8)}}
+		c.AcquireOnSecondMiss(r)
+		return r[0]
+	}
+	if r := second(k); r.State != Miss || r.Flight != nil {
+		t.Fatalf("first miss: state %d", r.State)
+	}
+	if s := c.Stats(); s.Misses != 1 || s.Inserts != 0 {
+		t.Fatalf("stats after the first miss %+v", s)
+	}
+	r := second(k)
+	if r.State != Lead {
+		t.Fatalf("second miss: state %d", r.State)
+	}
+	c.Complete(r.Flight, [][]byte{[]byte("value")}, 3)
+	if r := second(k); r.State != Hit || string(r.Dst[:r.Len]) != "value" || r.Origin != 3 {
+		t.Fatalf("after the fetch: %+v", r)
+	}
+	if c.main.bytes != 4096 || c.small.bytes != 0 {
+		t.Fatal("a page read twice did not go to main")
+	}
+	other := acquire(c, Key{ID: 2}, nil) // a plain Acquire leads at once
+	if other.State != Lead {
+		t.Fatal("Acquire did not lead")
+	}
+	if r := second(Key{ID: 2}); r.State != Wait || r.Flight != other.Flight {
+		t.Fatalf("a key being fetched: state %d", r.State)
+	}
+	c.Fail(other.Flight, errors.New("x"))
+	if r := New(0, 4096); true { // no slots: nothing remembered, nothing breaks
+		q := []Req{{Key: k}}
+		r.AcquireOnSecondMiss(q)
+		r.AcquireOnSecondMiss(q)
+		if q[0].State != Miss {
+			t.Fatalf("zero capacity: state %d", q[0].State)
+		}
+	}
+}
