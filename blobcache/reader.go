@@ -53,9 +53,6 @@ type Reader struct {
 	// cost about what a hit does; its pages are cached only when read
 	// again (cache.AcquireOnSecondMiss).
 	cheap bool
-
-	padMu sync.Mutex
-	pad   map[int64]bool // tail page -> padding is zero (absent: unknown)
 }
 
 // NewReader makes the reader. Identities are interned in sh.
@@ -63,7 +60,7 @@ func (sh *Shared) NewReader(cfg ReaderConfig) *Reader {
 	r := &Reader{
 		sh: sh, be: cfg.Backend, size: cfg.Backend.Size,
 		blobID: sh.intern("blob\x00" + cfg.BlobID), id: origin{cfg.FileID, cfg.BlobID},
-		origin: sh.newOrigin(origin{cfg.FileID, cfg.BlobID}), pad: make(map[int64]bool),
+		origin: sh.newOrigin(origin{cfg.FileID, cfg.BlobID}),
 	}
 	_, r.cheap = cfg.Backend.ZeroCopyFile()
 	r.SetSpans(cfg.Spans)
@@ -107,6 +104,9 @@ func (r *Reader) FileLease(off, n int64) (*os.File, int64, func(), bool) {
 	}
 	return f, foff, release, ok
 }
+
+// BlobID is the content identity of the whole input (ReaderConfig.BlobID).
+func (r *Reader) BlobID() string { return r.id.blob }
 
 // Enable turns caching on.
 func (r *Reader) Enable() { r.enabled.Store(true) }
@@ -401,9 +401,9 @@ func (r *Reader) direct(pg page, put func(int64, []byte)) error {
 // input's padding is known to be zero, else the input's own bytes.
 func (r *Reader) fillPad(pg page, put func(int64, []byte)) error {
 	from := pg.start + int64(pg.vlen)
-	r.padMu.Lock()
-	zero, known := r.pad[pg.start]
-	r.padMu.Unlock()
+	r.sh.padMu.Lock()
+	zero, known := r.sh.pad[padKey{r.blobID, pg.start}]
+	r.sh.padMu.Unlock()
 	buf := make([]byte, pg.padLen)
 	if known && zero {
 		put(from, buf)
@@ -422,9 +422,9 @@ func (r *Reader) fillPad(pg page, put func(int64, []byte)) error {
 }
 
 func (r *Reader) setPad(start int64, zero bool) {
-	r.padMu.Lock()
-	r.pad[start] = zero
-	r.padMu.Unlock()
+	r.sh.padMu.Lock()
+	r.sh.pad[padKey{r.blobID, start}] = zero
+	r.sh.padMu.Unlock()
 }
 
 // countHit counts a hit on a page another reader filled: the same file

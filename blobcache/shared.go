@@ -27,6 +27,12 @@ type Shared struct {
 	ids     map[string]uint64
 	origins atomic.Pointer[[]origin] // copy on write: read on every dedup hit
 
+	// pad: whether the padding after a content-keyed tail page of an
+	// input (by blob identity, so every export of it shares what one
+	// learnt) is zero; absent: unknown.
+	padMu sync.Mutex
+	pad   map[padKey]bool
+
 	dedupFile, dedupCopy, dedupContent atomic.Uint64
 	padReads                           atomic.Uint64
 	zeroCopyBytes                      atomic.Uint64
@@ -34,7 +40,7 @@ type Shared struct {
 
 // NewShared wraps c (which must not be nil).
 func NewShared(c *cache.Cache) *Shared {
-	return &Shared{c: c, ids: make(map[string]uint64)}
+	return &Shared{c: c, ids: make(map[string]uint64), pad: make(map[padKey]bool)}
 }
 
 // Cache returns the underlying cache.
@@ -49,6 +55,11 @@ func (s *Shared) intern(id string) uint64 {
 	v := uint64(len(s.ids) + 1)
 	s.ids[id] = v
 	return v
+}
+
+type padKey struct {
+	blob  uint64 // interned blob identity
+	start int64  // the tail page's offset in the input
 }
 
 // origin is the reader that filled a page: its file and blob identities.

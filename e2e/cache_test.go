@@ -236,3 +236,33 @@ func TestCacheDomains(t *testing.T) {
 func execOut(name string, args ...string) ([]byte, error) {
 	return exec.Command(name, args...).CombinedOutput()
 }
+
+// TestCacheTwoExportsSameBlobs: two exports of the same blob files (no
+// domain) share every page, fingerprinted file data included: reading the
+// second after the first reads (almost) nothing from the backends.
+func TestCacheTwoExportsSameBlobs(t *testing.T) {
+	need(t, "nbdcopy", "mkfs.erofs")
+	files := layeredSet(t, t.TempDir(), 1, 24, 96<<10, true)[0]
+	list := strings.Join(files, ",")
+	d := serveDaemon(t, append([]string{"--export", "a=" + list, "--export", "b=" + list, "--cache-size", "64M"}, slowBackend...)...)
+	backend := func() float64 {
+		var s float64
+		for _, l := range strings.Split(scrape(t, d.metrics), "\n") {
+			if strings.HasPrefix(l, "erofs_blockd_backend_read_bytes_total{") {
+				var v float64
+				fmt.Sscanf(l[strings.LastIndexByte(l, ' ')+1:], "%g", &v)
+				s += v
+			}
+		}
+		return s
+	}
+	b0 := backend()
+	run(t, "nbdcopy", d.uriFor(t, "a"), filepath.Join(t.TempDir(), "a"))
+	b1 := backend()
+	run(t, "nbdcopy", d.uriFor(t, "b"), filepath.Join(t.TempDir(), "b"))
+	b2 := backend()
+	t.Logf("backend bytes: export a %.0f, then export b %.0f (%.3fx of one device for both)", b1-b0, b2-b1, (b2-b0)/(b1-b0))
+	if b2-b0 > 1.05*(b1-b0) {
+		t.Fatalf("two exports of the same blobs read %.0f backend bytes, one %.0f", b2-b0, b1-b0)
+	}
+}
