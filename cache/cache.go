@@ -172,6 +172,9 @@ type Cache struct {
 	gbuckets []int32 // hash -> first ghost (ring index + 1)
 	gmask    uint64
 	gseq     uint64 // ghosts added so far: the next ring index is gseq % len
+	// gmu guards the ghost ring, its buckets and gseq; it is taken with
+	// or without mu (never mu while holding gmu).
+	gmu sync.Mutex
 
 	pending   map[Key]pending // keys being fetched
 	small     list
@@ -304,17 +307,7 @@ func (c *Cache) hit(r *Req, i int32) {
 // which the caller must resolve with Complete or Fail before it waits on
 // any other Flight (its own included: a key twice in a batch waits on the
 // first's Flight).
-func (c *Cache) Acquire(reqs []Req) { c.acquire(reqs, false) }
-
-// AcquireOnSecondMiss is Acquire for keys whose fetch is as cheap as a hit
-// (a page-cached local file): a key that is neither cached, being fetched
-// nor a ghost is only remembered as a ghost and left in State Miss for the
-// caller to read uncached; a miss on a ghost leads a fetch into the main
-// FIFO as usual. So only pages read again within the ghost ring's reach
-// are copied into the cache, and a one-time read costs a lookup.
-func (c *Cache) AcquireOnSecondMiss(reqs []Req) { c.acquire(reqs, true) }
-
-func (c *Cache) acquire(reqs []Req, second bool) {
+func (c *Cache) Acquire(reqs []Req) {
 	missing, hits := 0, uint64(0)
 	c.mu.RLock()
 	for i := range reqs {
@@ -344,18 +337,13 @@ func (c *Cache) acquire(reqs []Req, second bool) {
 			} else if p, ok := c.pending[r.Key]; ok {
 				p.fl.waiters++
 				r.State, r.Flight, r.Index = Wait, p.fl, p.fi
-			} else if second && !c.unghost(r.Key) {
-				c.addGhost(r.Key) // Miss: the caller reads it
-				leads++
-				lead = nil
-				continue
 			} else {
 				if lead == nil {
 					lead = &Flight{done: make(chan struct{})}
 				}
 				fi := len(lead.keys)
 				lead.keys = append(lead.keys, r.Key)
-				lead.ghost = append(lead.ghost, second || c.unghost(r.Key))
+				lead.ghost = append(lead.ghost, c.unghost(r.Key))
 				c.pending[r.Key] = pending{lead, fi}
 				r.State, r.Flight, r.Index = Lead, lead, fi
 				leads++
@@ -371,6 +359,89 @@ func (c *Cache) acquire(reqs []Req, second bool) {
 	}
 	if leads > 0 {
 		c.misses.Add(leads)
+	}
+}
+
+// AcquireOnSecondMiss is Acquire for keys whose fetch is as cheap as a hit
+// (a page-cached local file): a key that is neither cached, being fetched
+// nor a ghost is only remembered as a ghost and left in State Miss for the
+// caller to read uncached; a miss on a ghost leads a fetch into the main
+// FIFO as usual. So only pages read again within the ghost ring's reach
+// are copied into the cache, and a one-time read costs a lookup.
+//
+// A first miss takes the read lock and the ghost ring's own lock, not the
+// cache's write lock, so it does not stall concurrent hits.
+func (c *Cache) AcquireOnSecondMiss(reqs []Req) {
+	hits, misses, rest := uint64(0), uint64(0), 0
+	c.mu.RLock()
+	for i := range reqs {
+		r := &reqs[i]
+		r.Flight, r.Index, r.Len, r.Origin = nil, 0, 0, 0
+		if s := c.lookup(r.Key); s != 0 {
+			c.hit(r, s)
+			hits++
+		} else if _, ok := c.pending[r.Key]; ok {
+			r.State = Wait // (no Flight yet: settled under the write lock)
+			rest++
+		} else {
+			r.State = Miss
+		}
+	}
+	c.mu.RUnlock()
+	if c.nslots > 0 {
+		c.gmu.Lock()
+		for i := range reqs {
+			if r := &reqs[i]; r.State == Miss {
+				if c.unghostLocked(r.Key) {
+					r.State = Lead // (no Flight yet)
+					rest++
+				} else {
+					c.addGhostLocked(r.Key)
+					misses++
+				}
+			}
+		}
+		c.gmu.Unlock()
+	} else {
+		misses += uint64(len(reqs)) - hits - uint64(rest)
+	}
+	if rest > 0 {
+		var lead *Flight
+		c.mu.Lock()
+		for i := range reqs {
+			r := &reqs[i]
+			if (r.State != Wait && r.State != Lead) || r.Flight != nil {
+				lead = nil
+				continue
+			}
+			wasGhost := r.State == Lead
+			if s := c.lookup(r.Key); s != 0 { // filled meanwhile
+				c.hit(r, s)
+			} else if p, ok := c.pending[r.Key]; ok {
+				p.fl.waiters++
+				r.State, r.Flight, r.Index = Wait, p.fl, p.fi
+			} else {
+				if lead == nil {
+					lead = &Flight{done: make(chan struct{})}
+				}
+				fi := len(lead.keys)
+				lead.keys = append(lead.keys, r.Key)
+				lead.ghost = append(lead.ghost, wasGhost || c.unghost(r.Key))
+				c.pending[r.Key] = pending{lead, fi}
+				r.State, r.Flight, r.Index = Lead, lead, fi
+				misses++
+				continue
+			}
+			hits++
+			lead = nil
+		}
+		c.mu.Unlock()
+	}
+	if hits > 0 {
+		c.hits.Add(hits)
+	}
+	if misses > 0 {
+		c.misses.Add(misses)
 	}
 }
 
@@ -533,6 +604,13 @@ func (c *Cache) evictMain() {
 // addGhost remembers k in the ghost ring, forgetting the oldest ghost if
 // the ring is full.
 func (c *Cache) addGhost(k Key) {
+	c.gmu.Lock()
+	c.addGhostLocked(k)
+	c.gmu.Unlock()
+}
+
+// addGhostLocked is addGhost with c.gmu held.
+func (c *Cache) addGhostLocked(k Key) {
 	n := uint64(len(c.ghosts))
 	if n == 0 {
 		return
@@ -563,6 +641,13 @@ func (c *Cache) unghost(k Key) bool {
 	if c.nslots == 0 {
 		return false
 	}
+	c.gmu.Lock()
+	defer c.gmu.Unlock()
+	return c.unghostLocked(k)
+}
+
+// unghostLocked is unghost with c.gmu held.
+func (c *Cache) unghostLocked(k Key) bool {
 	for i := c.gbuckets[k.hash()&c.gmask]; i != 0; {
 		g := &c.ghosts[i-1]
 		if g.key == k {

@@ -302,8 +302,8 @@ func TestMetadataOffHeap(t *testing.T) {
 	runtime.KeepAlive(c)
 }
 
-// Random concurrent use of a small cache: lookups, fills, failures and
-// waits; every value seen is the one for its key and the bound holds.
+// Random concurrent use of a small cache: lookups (Acquire and
+// AcquireOnSecondMiss), fills, failures and waits; every value seen is the one for its key and the bound holds.
 func TestRandomConcurrent(t *testing.T) {
 	c := New(64*4096, 4096)
 	val := func(k Key, b []byte) []byte {
@@ -328,7 +328,11 @@ func TestRandomConcurrent(t *testing.T) {
 					reqs[i] = Req{Key: Key{ID: uint64(rng.Intn(2)), Index: base + uint64(i)}, Dst: make([]byte, 4096)}
 				}
 				rs := reqs[:n]
-				c.Acquire(rs)
+				if rng.Intn(2) == 0 {
+					c.Acquire(rs)
+				} else {
+					c.AcquireOnSecondMiss(rs)
+				}
 				var led []*Flight
 				for i := range rs {
 					r := &rs[i]
@@ -350,7 +354,7 @@ func TestRandomConcurrent(t *testing.T) {
 					r := &rs[i]
 					l := r.Len
 					switch r.State {
-					case Lead:
+					case Lead, Miss: // Miss: AcquireOnSecondMiss left it to us
 						continue
 					case Wait:
 						var err error
