@@ -203,7 +203,7 @@ func array[T any](m *meta, n int) []T {
 	if size == 0 {
 		return nil
 	}
-	b := allocSeg(size)
+	b := allocSeg(size, false) // touched only as used
 	m.segs = append(m.segs, b)
 	return unsafe.Slice((*T)(unsafe.Pointer(&b[0])), n)
 }

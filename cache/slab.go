@@ -27,7 +27,7 @@ func (s *slab) slot(i int32) []byte {
 	seg := int(i) / s.perSeg
 	for len(s.segs) <= seg {
 		n := min(s.perSeg, s.slots-len(s.segs)*s.perSeg) * s.slotSize
-		s.segs = append(s.segs, allocSeg(n))
+		s.segs = append(s.segs, allocSeg(n, true)) // about to be filled
 		s.bytes += int64(n)
 	}
 	o := (int(i) % s.perSeg) * s.slotSize
