@@ -17,6 +17,11 @@
 // Pages are PageSize bytes of the input file. A file's last, partial page
 // is keyed by content too; its padding (bytes after the file's end) is
 // served from the reader's own blob after checking once that it is zero.
+//
+// An input that is a plain local file (no injected delay) is read past the
+// cache where that is cheaper: zero-copy READs go from the file to the
+// socket (Reader.ZeroCopyFile), and its pages are cached only when read
+// again while their key is a ghost (cache.AcquireOnSecondMiss).
 package blobcache
 
 import (

@@ -32,6 +32,25 @@ func BenchmarkReader(b *testing.B) {
 			off = (off + req) % span
 		}
 	}
+	// rand4k: 4 KiB reads at random pages of an input 4x the cache (a
+	// quarter hit, the rest miss and evict), on parallel goroutines.
+	b.Run("rand4k", func(b *testing.B) {
+		be, _ := backend("m", data)
+		r := NewShared(cache.New(capacity, PageSize)).NewReader(ReaderConfig{Backend: be, FileID: "m", BlobID: "m"})
+		r.Enable()
+		b.SetBytes(PageSize)
+		b.ReportAllocs()
+		b.RunParallel(func(pb *testing.PB) {
+			rng := rand.New(rand.NewSource(rand.Int63()))
+			p := make([]byte, PageSize)
+			for pb.Next() {
+				if _, err := r.ReadAt(p, rng.Int63n(size/PageSize)*PageSize); err != nil {
+					b.Error(err)
+					return
+				}
+			}
+		})
+	})
 	b.Run("direct", func(b *testing.B) { run(b, size, false) })
 	b.Run("miss", func(b *testing.B) { run(b, size, true) })
 	b.Run("hit", func(b *testing.B) { run(b, 8<<20, true) })

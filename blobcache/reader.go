@@ -3,6 +3,7 @@ package blobcache
 import (
 	"fmt"
 	"io"
+	"os"
 	"sort"
 	"sync"
 	"sync/atomic"
@@ -48,12 +49,13 @@ type Reader struct {
 	origin  cache.Origin
 	spans   []span
 	enabled atomic.Bool
+	// cheap: the input is a plain local file (ZeroCopyFile), whose reads
+	// cost about what a hit does; its pages are cached only when read
+	// again (cache.AcquireOnSecondMiss).
+	cheap bool
 
 	regIDs []uint64    // contents with locations in this reader (alias.go), under sh.mu
 	lends  atomic.Bool // regIDs is not empty: a remote input with content spans
-
-	padMu sync.Mutex
-	pad   map[int64]bool // tail page -> padding is zero (absent: unknown)
 }
 
 // NewReader makes the reader. Identities are interned in sh.
@@ -61,8 +63,9 @@ func (sh *Shared) NewReader(cfg ReaderConfig) *Reader {
 	r := &Reader{
 		sh: sh, be: cfg.Backend, size: cfg.Backend.Size,
 		blobID: sh.intern("blob\x00" + cfg.BlobID), id: origin{cfg.FileID, cfg.BlobID},
-		origin: sh.newOrigin(origin{cfg.FileID, cfg.BlobID}), pad: make(map[int64]bool),
+		origin: sh.newOrigin(origin{cfg.FileID, cfg.BlobID}),
 	}
+	_, r.cheap = cfg.Backend.ZeroCopyFile()
 	r.SetSpans(cfg.Spans)
 	return r
 }
@@ -80,6 +83,34 @@ func (r *Reader) SetSpans(spans []Span) {
 	sort.Slice(r.spans, func(i, j int) bool { return r.spans[i].Off < r.spans[j].Off })
 	r.sh.register(r)
 }
+
+// ZeroCopyFile implements flatdev.ZeroCopySource: a read that NBD can send
+// with sendfile (at least 64 KiB inside one input) goes straight from a
+// local input file to the socket, past the cache, as it does without one.
+// The kernel's page cache already holds those pages (once per file,
+// however many exports name it), and a copy through this cache costs more
+// than the pread it would save. Inputs that are not plain files without an
+// injected delay (remote, decoded, --debug-backend-delay) never qualify.
+func (r *Reader) ZeroCopyFile() (*os.File, bool) { return r.be.ZeroCopyFile() }
+
+// CountZeroCopy records n bytes sent from ZeroCopyFile.
+func (r *Reader) CountZeroCopy(n int64) {
+	r.be.CountZeroCopy(n)
+	r.sh.zeroCopyBytes.Add(uint64(n))
+}
+
+// FileLease passes blockdev.FileLeaser through (a remote blob's chunk
+// stored in the disk cache is a local file too; see ZeroCopyFile).
+func (r *Reader) FileLease(off, n int64) (*os.File, int64, func(), bool) {
+	f, foff, release, ok := r.be.FileLease(off, n)
+	if ok {
+		r.sh.zeroCopyBytes.Add(uint64(n))
+	}
+	return f, foff, release, ok
+}
+
+// BlobID is the content identity of the whole input (ReaderConfig.BlobID).
+func (r *Reader) BlobID() string { return r.id.blob }
 
 // Enable turns caching on.
 func (r *Reader) Enable() { r.enabled.Store(true) }
@@ -232,18 +263,24 @@ func (r *Reader) readChunk(s *scratch, p []byte, off, end int64) error {
 		reqs[i] = cache.Req{Key: pg.key, Dst: dst}
 	}
 	c := r.sh.c
-	c.Acquire(reqs)
+	if r.cheap && p != nil {
+		c.AcquireOnSecondMiss(reqs)
+	} else {
+		c.Acquire(reqs)
+	}
 
-	// Runs we lead: one backend read each, then store them.
+	// Runs left to us (cache.Miss) are read uncached, one backend read
+	// each, padding included; runs we lead are read the same way, then
+	// stored.
 	var firstErr error
 	for i := 0; i < np; {
-		f := reqs[i].Flight
-		if reqs[i].State != cache.Lead {
+		f, st := reqs[i].Flight, reqs[i].State
+		if st != cache.Lead && st != cache.Miss {
 			i++
 			continue
 		}
 		j := i + 1
-		for j < np && reqs[j].State == cache.Lead && reqs[j].Flight == f {
+		for j < np && reqs[j].State == st && reqs[j].Flight == f {
 			j++
 		}
 		from := pages[i].start
@@ -259,6 +296,21 @@ func (r *Reader) readChunk(s *scratch, p []byte, off, end int64) error {
 			buf = s.tmp[:to-from]
 		}
 		got, err := r.fill(buf, from, pages[i:j])
+		if st == cache.Miss {
+			if got < len(buf) {
+				if err == nil || err == io.EOF {
+					err = io.EOF
+				}
+				// Flights we lead later in the chunk must still be resolved.
+				if firstErr == nil {
+					firstErr = err
+				}
+			} else if !intoP {
+				put(from, buf)
+			}
+			i = j
+			continue
+		}
 		if got < len(buf) {
 			if err == nil || err == io.EOF {
 				err = io.EOF
@@ -353,9 +405,9 @@ func (r *Reader) direct(pg page, put func(int64, []byte)) error {
 // input's padding is known to be zero, else the input's own bytes.
 func (r *Reader) fillPad(pg page, put func(int64, []byte)) error {
 	from := pg.start + int64(pg.vlen)
-	r.padMu.Lock()
-	zero, known := r.pad[pg.start]
-	r.padMu.Unlock()
+	r.sh.padMu.Lock()
+	zero, known := r.sh.pad[padKey{r.blobID, pg.start}]
+	r.sh.padMu.Unlock()
 	buf := make([]byte, pg.padLen)
 	if known && zero {
 		put(from, buf)
@@ -374,9 +426,9 @@ func (r *Reader) fillPad(pg page, put func(int64, []byte)) error {
 }
 
 func (r *Reader) setPad(start int64, zero bool) {
-	r.padMu.Lock()
-	r.pad[start] = zero
-	r.padMu.Unlock()
+	r.sh.padMu.Lock()
+	r.sh.pad[padKey{r.blobID, start}] = zero
+	r.sh.padMu.Unlock()
 }
 
 // countHit counts a hit on a page another reader filled: the same file

@@ -5,9 +5,11 @@ import (
 	"errors"
 	"io"
 	"math/rand"
+	"os"
 	"runtime"
 	"sync"
 	"testing"
+	"time"
 
 	"github.com/erofs-blockd/erofs-blockd/cache"
 )
@@ -262,5 +264,103 @@ func TestSameContentTwiceInOneRead(t *testing.T) {
 	}
 	if got, want := be.Stats().Bytes, uint64(len(file)+PageSize); got != want {
 		t.Fatalf("backend bytes %d, want %d (the file once)", got, want)
+	}
+}
+
+// TestZeroCopyBypass: a Reader over a plain local file offers the file for
+// sendfile (flatdev.ZeroCopySource), counting the bytes on its backend and
+// in Stats; over a file with an injected delay or a non-file input it does
+// not, so those reads stay in the cache.
+func TestZeroCopyBypass(t *testing.T) {
+	f, err := os.CreateTemp(t.TempDir(), "blob")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer f.Close()
+	data := randBytes(rand.New(rand.NewSource(3)), 256<<10)
+	if _, err := f.Write(data); err != nil {
+		t.Fatal(err)
+	}
+	sh := NewShared(cache.New(1<<20, PageSize))
+	for _, tc := range []struct {
+		name string
+		be   *Backend
+		ok   bool
+	}{
+		{"file", &Backend{Name: "f", R: f, Size: int64(len(data))}, true},
+		{"delay", &Backend{Name: "d", R: f, Size: int64(len(data)), Delay: time.Microsecond}, false},
+		{"memory", &Backend{Name: "m", R: &memBackend{b: data}, Size: int64(len(data))}, false},
+	} {
+		r := sh.NewReader(ReaderConfig{Backend: tc.be, FileID: tc.name, BlobID: tc.name})
+		r.Enable()
+		zf, ok := r.ZeroCopyFile()
+		if ok != tc.ok || (ok && zf != f) {
+			t.Fatalf("%s: ZeroCopyFile = %v, %v", tc.name, zf, ok)
+		}
+		if _, _, _, ok := r.FileLease(0, 64<<10); ok {
+			t.Fatalf("%s: a plain input lent a file", tc.name)
+		}
+		if ok {
+			before := sh.Stats().ZeroCopyBytes
+			r.CountZeroCopy(64 << 10)
+			if st := tc.be.Stats(); st.Bytes != 64<<10 || st.Reads != 1 {
+				t.Fatalf("%s: backend stats %+v", tc.name, st)
+			}
+			if got := sh.Stats().ZeroCopyBytes - before; got != 64<<10 {
+				t.Fatalf("%s: zero-copy bytes %d", tc.name, got)
+			}
+		}
+		// The cached path still reads right.
+		p := make([]byte, 100<<10)
+		if _, err := r.ReadAt(p, 5000); err != nil || !bytes.Equal(p, data[5000:5000+len(p)]) {
+			t.Fatalf("%s: ReadAt: %v", tc.name, err)
+		}
+	}
+}
+
+// TestCheapInputCachedOnSecondRead: pages of a plain local file enter the
+// cache only when read a second time; every read returns the file's bytes,
+// unaligned ones and the file's last partial page included.
+func TestCheapInputCachedOnSecondRead(t *testing.T) {
+	f, err := os.CreateTemp(t.TempDir(), "blob")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer f.Close()
+	data := randBytes(rand.New(rand.NewSource(4)), 20*PageSize+123)
+	if _, err := f.Write(data); err != nil {
+		t.Fatal(err)
+	}
+	sh := NewShared(cache.New(1<<20, PageSize))
+	be := &Backend{Name: "f", R: f, Size: int64(len(data))}
+	r := sh.NewReader(ReaderConfig{Backend: be, FileID: "f", BlobID: "f"})
+	r.Enable()
+	read := func(off, n int64) {
+		t.Helper()
+		p := make([]byte, n)
+		if _, err := r.ReadAt(p, off); err != nil || !bytes.Equal(p, data[off:off+n]) {
+			t.Fatalf("ReadAt(%d, %d): %v, or wrong bytes", off, n, err)
+		}
+	}
+	ranges := [][2]int64{{0, 3 * PageSize}, {4*PageSize + 7, 5000}, {19*PageSize - 10, PageSize + 133}, {8 * PageSize, 100}} // no page twice
+	for _, rg := range ranges {
+		read(rg[0], rg[1])
+	}
+	if st := sh.Stats(); st.Inserts != 0 || st.Misses == 0 {
+		t.Fatalf("first reads: %+v", st)
+	}
+	for _, rg := range ranges {
+		read(rg[0], rg[1])
+	}
+	ins := sh.Stats().Inserts
+	if ins == 0 {
+		t.Fatal("pages read twice were not cached")
+	}
+	b0 := be.Stats().Bytes
+	for _, rg := range ranges {
+		read(rg[0], rg[1])
+	}
+	if st := sh.Stats(); st.Inserts != ins || be.Stats().Bytes != b0 {
+		t.Fatalf("third reads went to the file: %+v, backend bytes %d -> %d", st, b0, be.Stats().Bytes)
 	}
 }

@@ -27,8 +27,15 @@ type Shared struct {
 	ids     map[string]uint64
 	origins atomic.Pointer[[]origin] // copy on write: read on every dedup hit
 
+	// pad: whether the padding after a content-keyed tail page of an
+	// input (by blob identity, so every export of it shares what one
+	// learnt) is zero; absent: unknown.
+	padMu sync.Mutex
+	pad   map[padKey]bool
+
 	dedupFile, dedupCopy, dedupContent atomic.Uint64
 	padReads                           atomic.Uint64
+	zeroCopyBytes                      atomic.Uint64
 
 	// Where each content lies in inputs that can read locally (alias.go),
 	// under mu; nlocs is len(locs).
@@ -40,7 +47,7 @@ type Shared struct {
 
 // NewShared wraps c (which must not be nil).
 func NewShared(c *cache.Cache) *Shared {
-	return &Shared{c: c, ids: make(map[string]uint64)}
+	return &Shared{c: c, ids: make(map[string]uint64), pad: make(map[padKey]bool)}
 }
 
 // Cache returns the underlying cache.
@@ -55,6 +62,11 @@ func (s *Shared) intern(id string) uint64 {
 	v := uint64(len(s.ids) + 1)
 	s.ids[id] = v
 	return v
+}
+
+type padKey struct {
+	blob  uint64 // interned blob identity
+	start int64  // the tail page's offset in the input
 }
 
 // origin is the reader that filled a page: its file and blob identities.
@@ -89,6 +101,9 @@ type Stats struct {
 	// AliasBytes counts bytes of file content a reader missed and took
 	// from another input's local copy (alias.go) instead of its own input.
 	AliasBytes uint64
+	// ZeroCopyBytes counts bytes sent with sendfile from a local input
+	// file (or a disk-cache chunk) past the cache (Reader.ZeroCopyFile).
+	ZeroCopyBytes uint64
 }
 
 // Stats returns the counters.
@@ -96,6 +111,6 @@ func (s *Shared) Stats() Stats {
 	return Stats{
 		Stats:     s.c.Stats(),
 		DedupFile: s.dedupFile.Load(), DedupCopy: s.dedupCopy.Load(), DedupContent: s.dedupContent.Load(),
-		PadReads: s.padReads.Load(), AliasBytes: s.aliasBytes.Load(),
+		PadReads: s.padReads.Load(), AliasBytes: s.aliasBytes.Load(), ZeroCopyBytes: s.zeroCopyBytes.Load(),
 	}
 }

@@ -24,12 +24,21 @@
 // page size live in fixed page slots of a slab outside the Go heap, reused
 // as pages are evicted, and count as a whole slot each; so the resident
 // bytes reported in Stats are the memory the values occupy, bounded by the
-// capacity. Larger values are copied to the heap and count their length.
+// capacity. Longer values are not stored (their waiters still get them).
+//
+// The metadata is outside the Go heap too and holds no pointers: one
+// 48-byte record per slot (key, hash-chain and FIFO links as indices,
+// length, origin, frequency), one 24-byte record per remembered ghost key,
+// and two int32 bucket arrays, all anonymous mappings touched only as
+// used. The garbage collector never scans it and its pacing (GOGC) adds no
+// headroom to it, so a full cache of 4 KiB pages costs about 2% of its
+// capacity beyond the values; only keys being fetched sit in a (small) Go map.
 package cache
 
 import (
 	"sync"
 	"sync/atomic"
+	"unsafe"
 )
 
 // Key identifies a page. ID names the content (the caller interns its own
@@ -37,6 +46,11 @@ import (
 type Key struct {
 	ID    uint64
 	Index uint64
+}
+
+func (k Key) hash() uint64 {
+	h := (k.ID*0x9E3779B97F4A7C15 ^ k.Index) * 0xBF58476D1CE4E5B9
+	return h ^ h>>31
 }
 
 // Origin is an opaque tag of who filled a page; it is returned on hits so a
@@ -49,10 +63,10 @@ type Stats struct {
 	Hits, Misses  uint64 // lookup outcomes (a wait on another's fetch is a hit)
 	Inserts       uint64
 	Evictions     uint64
-	ResidentBytes int64 // memory held by values (whole slots for small values)
+	ResidentBytes int64 // memory held by values (whole slots)
 	// AllocatedBytes is the memory the cache has for values: the slab's
-	// slots touched so far (they are reused, never returned) plus values
-	// too large for a slot. At most Capacity plus one slot's rounding.
+	// slots touched so far (they are reused, never returned). At most
+	// Capacity plus one slot's rounding.
 	AllocatedBytes int64
 	Entries        int64
 	Capacity       int64
@@ -64,62 +78,39 @@ const (
 	qNone queue = iota
 	qSmall
 	qMain
-	qGhost // evicted from small, key remembered: no value, in the ghost ring
 )
 
+// entry is the metadata of slot i (entries[i]); links are indices + 1 (0:
+// none). It holds no Go pointers: it lives in an anonymous mapping.
 type entry struct {
 	key    Key
-	val    []byte // nil while pending
-	cost   int64  // bytes counted against the capacity
-	slot   int32  // slab slot, -1: heap
-	fi     int32  // index in fl
+	hnext  int32 // next entry in the hash chain
+	prev   int32 // towards head
+	next   int32 // towards tail
+	vlen   int32 // value length
 	origin Origin
 	freq   atomic.Int32
 	q      queue
-	ghost  bool    // pending entry that was a ghost: goes to main
-	gseq   uint64  // qGhost: sequence number in the ghost ring
-	fl     *Flight // non-nil while the entry is pending (being fetched)
-	prev   *entry  // towards head
-	next   *entry  // towards tail
 }
 
-// list is an intrusive FIFO: push at head, pop at tail.
+// ghost is a key evicted from the small FIFO, remembered in the ghost ring.
+type ghost struct {
+	key   Key
+	hnext int32 // next ghost in its hash chain (ring index + 1)
+	live  bool
+}
+
+// list is an intrusive FIFO of slots: push at head, pop at tail.
 type list struct {
-	head, tail *entry
+	head, tail int32 // index + 1
 	bytes      int64
-}
-
-func (l *list) push(e *entry) {
-	e.prev, e.next = nil, l.head
-	if l.head != nil {
-		l.head.prev = e
-	} else {
-		l.tail = e
-	}
-	l.head = e
-	l.bytes += e.cost
-}
-
-func (l *list) pop() *entry {
-	e := l.tail
-	if e == nil {
-		return nil
-	}
-	l.tail = e.prev
-	if l.tail != nil {
-		l.tail.next = nil
-	} else {
-		l.head = nil
-	}
-	e.prev, e.next = nil, nil
-	l.bytes -= e.cost
-	return e
 }
 
 // Flight is an in-progress fetch of one or more keys by one leader.
 type Flight struct {
 	done    chan struct{}
-	entries []*entry // pending entries, by index; nil once resolved
+	keys    []Key    // pending keys, by index; nil once resolved
+	ghost   []bool   // keys[i] was a ghost: goes to main
 	waiters int      // under Cache.mu
 	vals    [][]byte // private copies of the values, when there were waiters
 	origin  Origin
@@ -142,7 +133,7 @@ func (f *Flight) Wait(i int, dst []byte) (int, Origin, error) {
 type State uint8
 
 const (
-	Miss State = iota // (only inside Acquire)
+	Miss State = iota // AcquireOnSecondMiss: not cached, read it yourself
 	Hit               // the value was copied to Dst
 	Lead              // the caller must fetch the key and resolve Flight
 	Wait              // another caller is fetching it: Flight.Wait(Index, ...)
@@ -160,51 +151,94 @@ type Req struct {
 	Index  int     // Lead, Wait: the key's index in Flight
 }
 
-// spareMax bounds the recycled entries kept for reuse.
-const spareMax = 1024
+type pending struct {
+	fl *Flight
+	fi int
+}
 
 // Cache is safe for concurrent use.
 type Cache struct {
-	capacity  int64
-	smallMax  int64
-	slotSize  int
-	nslots    int32
-	ghostMax  int
-	mu        sync.RWMutex
-	m         map[Key]*entry // stored, pending (fl != nil) and ghost entries
+	capacity int64
+	smallMax int64
+	slotSize int
+	nslots   int32
+	mu       sync.RWMutex
+
+	meta     *meta
+	entries  []entry // by slot
+	buckets  []int32 // hash -> first entry (slot + 1)
+	bmask    uint64
+	ghosts   []ghost // the ghost ring
+	gbuckets []int32 // hash -> first ghost (ring index + 1)
+	gmask    uint64
+	gseq     uint64 // ghosts added so far: the next ring index is gseq % len
+	// gmu guards the ghost ring, its buckets and gseq; it is taken with
+	// or without mu (never mu while holding gmu).
+	gmu sync.Mutex
+
+	pending   map[Key]pending // keys being fetched
 	small     list
 	main      list
-	ghostRing []*entry // ghost FIFO; a slot is live if its entry is still that ghost
-	ghostHead uint64   // next sequence number to write
 	slab      *slab
 	freeSlots []int32
-	nextSlot  int32    // slots >= nextSlot were never used
-	spare     []*entry // evicted entries for reuse
-	heapBytes int64    // values stored on the heap (larger than a slot)
+	nextSlot  int32 // slots >= nextSlot were never used
 
 	hits, misses, inserts, evictions atomic.Uint64
 }
 
+// meta holds the mappings of the metadata arrays.
+type meta struct{ segs [][]byte }
+
+func (m *meta) free() {
+	for _, b := range m.segs {
+		freeSeg(b)
+	}
+	m.segs = nil
+}
+
+// array returns n zeroed, pointer-free T outside the Go heap.
+func array[T any](m *meta, n int) []T {
+	var z T
+	size := int(unsafe.Sizeof(z)) * n
+	if size == 0 {
+		return nil
+	}
+	b := allocSeg(size, false) // touched only as used
+	m.segs = append(m.segs, b)
+	return unsafe.Slice((*T)(unsafe.Pointer(&b[0])), n)
+}
+
+func pow2(n int) int {
+	p := 1
+	for p < n {
+		p <<= 1
+	}
+	return p
+}
+
 // New returns a cache holding at most capacity bytes of values. pageHint is
-// the page (slot) size: values up to it take one slot (0: 4096).
+// the page (slot) size: values up to it take one slot (0: 4096); longer
+// ones are not stored.
 func New(capacity int64, pageHint int) *Cache {
 	if pageHint <= 0 {
 		pageHint = 4096
 	}
-	g := int(capacity / int64(pageHint))
-	g = max(g, 16)
 	c := &Cache{
-		capacity:  max(capacity, 0),
-		smallMax:  max(capacity/10, int64(pageHint)),
-		slotSize:  pageHint,
-		ghostMax:  g,
-		m:         make(map[Key]*entry),
-		ghostRing: make([]*entry, g),
+		capacity: max(capacity, 0),
+		smallMax: max(capacity/10, int64(pageHint)),
+		slotSize: pageHint,
+		pending:  make(map[Key]pending),
+		meta:     &meta{},
 	}
 	if n := capacity / int64(pageHint); n > 0 {
-		c.nslots = int32(min(n, 1<<31-1))
+		c.nslots = int32(min(n, 1<<31-2))
 		c.slab = newSlab(pageHint, int(c.nslots))
-		track(c, c.slab)
+		c.entries = array[entry](c.meta, int(c.nslots))
+		nb := pow2(int(c.nslots))
+		c.buckets, c.bmask = array[int32](c.meta, nb), uint64(nb-1)
+		c.ghosts = array[ghost](c.meta, int(c.nslots))
+		c.gbuckets, c.gmask = array[int32](c.meta, nb), uint64(nb-1)
+		track(c, c.slab, c.meta)
 	}
 	return c
 }
@@ -215,18 +249,39 @@ func (c *Cache) Capacity() int64 { return c.capacity }
 // PageSize returns the slot size given to New.
 func (c *Cache) PageSize() int { return c.slotSize }
 
+// lookup returns the slot + 1 holding k, or 0. c.mu is held (either way).
+func (c *Cache) lookup(k Key) int32 {
+	if c.nslots == 0 {
+		return 0
+	}
+	for i := c.buckets[k.hash()&c.bmask]; i != 0; {
+		e := &c.entries[i-1]
+		if e.key == k {
+			return i
+		}
+		i = e.hnext
+	}
+	return 0
+}
+
+// value returns slot s's value bytes.
+func (c *Cache) value(s int32) []byte {
+	return c.slab.slot(s)[:c.entries[s].vlen]
+}
+
 // Get copies the cached value of k into dst (as much as fits) without
 // starting a fetch and returns the value's length.
 func (c *Cache) Get(k Key, dst []byte) (int, Origin, bool) {
 	c.mu.RLock()
-	e := c.m[k]
-	if e == nil || e.val == nil { // absent, pending or a ghost
+	i := c.lookup(k)
+	if i == 0 { // absent, pending or a ghost
 		c.mu.RUnlock()
 		return 0, 0, false
 	}
+	e := &c.entries[i-1]
 	touch(e)
-	copy(dst, e.val)
-	n, o := len(e.val), e.origin
+	copy(dst, c.value(i-1))
+	n, o := int(e.vlen), e.origin
 	c.mu.RUnlock()
 	c.hits.Add(1)
 	return n, o, true
@@ -236,6 +291,14 @@ func touch(e *entry) {
 	if e.freq.Load() < 3 {
 		e.freq.Add(1)
 	}
+}
+
+// hit fills r from slot i + 1.
+func (c *Cache) hit(r *Req, i int32) {
+	e := &c.entries[i-1]
+	touch(e)
+	copy(r.Dst, c.value(i-1))
+	r.State, r.Len, r.Origin = Hit, int(e.vlen), e.origin
 }
 
 // Acquire looks up every req's key: one pass under the read lock copies
@@ -250,10 +313,8 @@ func (c *Cache) Acquire(reqs []Req) {
 	for i := range reqs {
 		r := &reqs[i]
 		r.Flight, r.Index, r.Len, r.Origin = nil, 0, 0, 0
-		if e := c.m[r.Key]; e != nil && e.val != nil {
-			touch(e)
-			copy(r.Dst, e.val)
-			r.State, r.Len, r.Origin = Hit, len(e.val), e.origin
+		if s := c.lookup(r.Key); s != 0 {
+			c.hit(r, s)
 			hits++
 		} else {
 			r.State = Miss
@@ -271,30 +332,22 @@ func (c *Cache) Acquire(reqs []Req) {
 				lead = nil
 				continue
 			}
-			e := c.m[r.Key]
-			switch {
-			case e == nil || e.q == qGhost:
+			if s := c.lookup(r.Key); s != 0 { // filled between the two locks
+				c.hit(r, s)
+			} else if p, ok := c.pending[r.Key]; ok {
+				p.fl.waiters++
+				r.State, r.Flight, r.Index = Wait, p.fl, p.fi
+			} else {
 				if lead == nil {
 					lead = &Flight{done: make(chan struct{})}
 				}
-				if e == nil {
-					e = c.newEntry(r.Key)
-					c.m[r.Key] = e
-				} else { // the ghost's ring slot dies with qGhost
-					e.q, e.ghost = qNone, true
-				}
-				e.fl, e.fi = lead, int32(len(lead.entries))
-				lead.entries = append(lead.entries, e)
-				r.State, r.Flight, r.Index = Lead, lead, int(e.fi)
+				fi := len(lead.keys)
+				lead.keys = append(lead.keys, r.Key)
+				lead.ghost = append(lead.ghost, c.unghost(r.Key))
+				c.pending[r.Key] = pending{lead, fi}
+				r.State, r.Flight, r.Index = Lead, lead, fi
 				leads++
 				continue
-			case e.fl != nil:
-				e.fl.waiters++
-				r.State, r.Flight, r.Index = Wait, e.fl, int(e.fi)
-			default: // filled between the two locks
-				touch(e)
-				copy(r.Dst, e.val)
-				r.State, r.Len, r.Origin = Hit, len(e.val), e.origin
 			}
 			hits++
 			lead = nil
@@ -309,19 +362,99 @@ func (c *Cache) Acquire(reqs []Req) {
 	}
 }
 
+// AcquireOnSecondMiss is Acquire for keys whose fetch is as cheap as a hit
+// (a page-cached local file): a key that is neither cached, being fetched
+// nor a ghost is only remembered as a ghost and left in State Miss for the
+// caller to read uncached; a miss on a ghost leads a fetch into the main
+// FIFO as usual. So only pages read again within the ghost ring's reach
+// are copied into the cache, and a one-time read costs a lookup.
+//
+// A first miss takes the read lock and the ghost ring's own lock, not the
+// cache's write lock, so it does not stall concurrent hits.
+func (c *Cache) AcquireOnSecondMiss(reqs []Req) {
+	hits, misses, rest := uint64(0), uint64(0), 0
+	c.mu.RLock()
+	for i := range reqs {
+		r := &reqs[i]
+		r.Flight, r.Index, r.Len, r.Origin = nil, 0, 0, 0
+		if s := c.lookup(r.Key); s != 0 {
+			c.hit(r, s)
+			hits++
+		} else if _, ok := c.pending[r.Key]; ok {
+			r.State = Wait // (no Flight yet: settled under the write lock)
+			rest++
+		} else {
+			r.State = Miss
+		}
+	}
+	c.mu.RUnlock()
+	if c.nslots > 0 {
+		c.gmu.Lock()
+		for i := range reqs {
+			if r := &reqs[i]; r.State == Miss {
+				if c.unghostLocked(r.Key) {
+					r.State = Lead // (no Flight yet)
+					rest++
+				} else {
+					c.addGhostLocked(r.Key)
+					misses++
+				}
+			}
+		}
+		c.gmu.Unlock()
+	} else {
+		misses += uint64(len(reqs)) - hits - uint64(rest)
+	}
+	if rest > 0 {
+		var lead *Flight
+		c.mu.Lock()
+		for i := range reqs {
+			r := &reqs[i]
+			if (r.State != Wait && r.State != Lead) || r.Flight != nil {
+				lead = nil
+				continue
+			}
+			wasGhost := r.State == Lead
+			if s := c.lookup(r.Key); s != 0 { // filled meanwhile
+				c.hit(r, s)
+			} else if p, ok := c.pending[r.Key]; ok {
+				p.fl.waiters++
+				r.State, r.Flight, r.Index = Wait, p.fl, p.fi
+			} else {
+				if lead == nil {
+					lead = &Flight{done: make(chan struct{})}
+				}
+				fi := len(lead.keys)
+				lead.keys = append(lead.keys, r.Key)
+				lead.ghost = append(lead.ghost, wasGhost || c.unghost(r.Key))
+				c.pending[r.Key] = pending{lead, fi}
+				r.State, r.Flight, r.Index = Lead, lead, fi
+				misses++
+				continue
+			}
+			hits++
+			lead = nil
+		}
+		c.mu.Unlock()
+	}
+	if hits > 0 {
+		c.hits.Add(hits)
+	}
+	if misses > 0 {
+		c.misses.Add(misses)
+	}
+}
+
 // Complete stores vals[i] (copied) as the value of f's i-th key and
 // releases the waiters. The caller may reuse vals' arrays afterwards.
 func (c *Cache) Complete(f *Flight, vals [][]byte, origin Origin) {
 	c.mu.Lock()
 	waiters := f.waiters
-	for i, e := range f.entries { // pending entries stay in c.m until now
-		e.fl = nil
-		if !c.store(e, vals[i], origin) {
-			delete(c.m, e.key)
-			c.recycle(e)
-		}
+	for i, k := range f.keys { // pending keys stay pending until now
+		delete(c.pending, k)
+		c.store(k, vals[i], origin, f.ghost[i])
 	}
-	f.entries = nil
+	f.keys, f.ghost = nil, nil
 	c.mu.Unlock()
 	if waiters > 0 {
 		f.vals = make([][]byte, len(vals))
@@ -336,157 +469,194 @@ func (c *Cache) Complete(f *Flight, vals [][]byte, origin Origin) {
 // Fail releases f's waiters with err; nothing is stored.
 func (c *Cache) Fail(f *Flight, err error) {
 	c.mu.Lock()
-	for _, e := range f.entries {
-		e.fl = nil
-		if c.m[e.key] == e {
-			delete(c.m, e.key)
-		}
-		c.recycle(e)
+	for _, k := range f.keys {
+		delete(c.pending, k)
 	}
-	f.entries = nil
+	f.keys, f.ghost = nil, nil
 	c.mu.Unlock()
 	f.err = err
 	close(f.done)
 }
 
-func (c *Cache) newEntry(k Key) *entry {
-	var e *entry
-	if n := len(c.spare); n > 0 {
-		e = c.spare[n-1]
-		c.spare = c.spare[:n-1]
-	} else {
-		e = &entry{slot: -1}
-	}
-	e.key = k
-	return e
-}
-
-// release frees e's value.
-func (c *Cache) release(e *entry) {
-	if e.slot >= 0 {
-		c.freeSlots = append(c.freeSlots, e.slot)
-	} else if e.val != nil {
-		c.heapBytes -= e.cost
-	}
-	e.val, e.slot, e.cost = nil, -1, 0
-}
-
-// recycle keeps e for reuse; e is in no list and not in c.m.
-func (c *Cache) recycle(e *entry) {
-	c.release(e)
-	*e = entry{slot: -1}
-	if len(c.spare) < spareMax {
-		c.spare = append(c.spare, e)
-	}
-}
-
-// store gives the pending entry e the value v, evicting as needed; false:
-// v cannot be stored. c.mu is held.
-func (c *Cache) store(e *entry, v []byte, origin Origin) bool {
-	cost, slotted := int64(c.slotSize), len(v) <= c.slotSize && c.slab != nil
-	if !slotted {
-		cost = int64(len(v))
-	}
-	if cost > c.capacity || c.capacity == 0 {
-		return false
+// store gives k the value v, evicting as needed; k is in no table. c.mu is
+// held.
+func (c *Cache) store(k Key, v []byte, origin Origin, wasGhost bool) {
+	cost := int64(c.slotSize)
+	if c.nslots == 0 || len(v) > c.slotSize || cost > c.capacity {
+		return
 	}
 	for c.small.bytes+c.main.bytes+cost > c.capacity {
 		switch {
-		case c.small.tail == nil && c.main.tail == nil:
-			return false
-		case c.small.bytes > c.smallMax || c.main.tail == nil:
+		case c.small.tail == 0 && c.main.tail == 0:
+			return
+		case c.small.bytes > c.smallMax || c.main.tail == 0:
 			c.evictSmall()
 		default:
 			c.evictMain()
 		}
 	}
-	var buf []byte
-	if slotted {
-		// The bound leaves a slot free: used slots * slotSize <= resident
-		// bytes <= capacity - slotSize.
-		var s int32
-		if n := len(c.freeSlots); n > 0 {
-			s = c.freeSlots[n-1]
-			c.freeSlots = c.freeSlots[:n-1]
-		} else {
-			s = c.nextSlot
-			c.nextSlot++
-		}
-		buf, e.slot = c.slab.slot(s), s
+	// The bound leaves a slot free: used slots * slotSize = resident bytes
+	// <= capacity - slotSize.
+	var s int32
+	if n := len(c.freeSlots); n > 0 {
+		s = c.freeSlots[n-1]
+		c.freeSlots = c.freeSlots[:n-1]
 	} else {
-		buf, e.slot = make([]byte, len(v)), -1
-		c.heapBytes += cost
+		s = c.nextSlot
+		c.nextSlot++
 	}
-	copy(buf, v)
-	e.val, e.cost, e.origin = buf[:len(v)], cost, origin
+	copy(c.slab.slot(s), v)
+	e := &c.entries[s]
+	e.key, e.vlen, e.origin = k, int32(len(v)), origin
 	e.freq.Store(0)
-	if e.ghost {
-		e.ghost = false
+	b := &c.buckets[k.hash()&c.bmask]
+	e.hnext, *b = *b, s+1
+	if wasGhost {
 		e.q = qMain
-		c.main.push(e)
+		c.push(&c.main, s)
 	} else {
 		e.q = qSmall
-		c.small.push(e)
+		c.push(&c.small, s)
 	}
 	c.inserts.Add(1)
-	return true
+}
+
+func (c *Cache) push(l *list, s int32) {
+	e := &c.entries[s]
+	e.prev, e.next = 0, l.head
+	if l.head != 0 {
+		c.entries[l.head-1].prev = s + 1
+	} else {
+		l.tail = s + 1
+	}
+	l.head = s + 1
+	l.bytes += int64(c.slotSize)
+}
+
+// pop removes l's tail and returns its slot, or -1.
+func (c *Cache) pop(l *list) int32 {
+	if l.tail == 0 {
+		return -1
+	}
+	s := l.tail - 1
+	e := &c.entries[s]
+	l.tail = e.prev
+	if l.tail != 0 {
+		c.entries[l.tail-1].next = 0
+	} else {
+		l.head = 0
+	}
+	e.prev, e.next = 0, 0
+	l.bytes -= int64(c.slotSize)
+	return s
+}
+
+// unhash removes slot s from its hash chain and frees the slot.
+func (c *Cache) unhash(s int32) {
+	e := &c.entries[s]
+	p := &c.buckets[e.key.hash()&c.bmask]
+	for *p != s+1 {
+		p = &c.entries[*p-1].hnext
+	}
+	*p = e.hnext
+	e.hnext, e.q = 0, qNone
+	c.freeSlots = append(c.freeSlots, s)
 }
 
 func (c *Cache) evictSmall() {
-	e := c.small.pop()
-	if e == nil {
+	s := c.pop(&c.small)
+	if s < 0 {
 		return
 	}
+	e := &c.entries[s]
 	if e.freq.Load() > 0 {
 		e.freq.Store(0)
 		e.q = qMain
-		c.main.push(e)
+		c.push(&c.main, s)
 		return
 	}
-	// It leaves; its key stays in c.m as a ghost.
-	c.release(e)
+	// It leaves; its key is remembered as a ghost.
+	c.addGhost(e.key)
+	c.unhash(s)
 	c.evictions.Add(1)
-	c.addGhost(e)
 }
 
 func (c *Cache) evictMain() {
 	for {
-		e := c.main.pop()
-		if e == nil {
+		s := c.pop(&c.main)
+		if s < 0 {
 			return
 		}
+		e := &c.entries[s]
 		if f := e.freq.Load(); f > 0 {
 			e.freq.Store(f - 1)
-			c.main.push(e)
+			c.push(&c.main, s)
 			continue
 		}
-		c.drop(e)
+		// Nobody outside the cache holds its value (lookups copy under
+		// the lock), so the slot is free for the next store.
+		c.unhash(s)
+		c.evictions.Add(1)
 		return
 	}
 }
 
-// drop removes an evicted entry. Nobody outside the cache holds its value
-// (lookups copy under the lock), so its slot is free for the next store.
-func (c *Cache) drop(e *entry) {
-	delete(c.m, e.key)
-	c.evictions.Add(1)
-	c.recycle(e)
+// addGhost remembers k in the ghost ring, forgetting the oldest ghost if
+// the ring is full.
+func (c *Cache) addGhost(k Key) {
+	c.gmu.Lock()
+	c.addGhostLocked(k)
+	c.gmu.Unlock()
 }
 
-// addGhost makes e a ghost, forgetting the oldest ghost if the ring is
-// full. A ring slot whose entry has since been fetched again (no longer
-// qGhost) or recycled and reused (another gseq) is dead.
-func (c *Cache) addGhost(e *entry) {
-	seq := c.ghostHead
-	n := uint64(len(c.ghostRing))
-	slot := seq % n
-	if old := c.ghostRing[slot]; old != nil && old.q == qGhost && old.gseq == seq-n {
-		delete(c.m, old.key)
-		c.recycle(old)
+// addGhostLocked is addGhost with c.gmu held.
+func (c *Cache) addGhostLocked(k Key) {
+	n := uint64(len(c.ghosts))
+	if n == 0 {
+		return
 	}
-	c.ghostRing[slot] = e
-	e.q, e.gseq = qGhost, seq
-	c.ghostHead++
+	gi := int32(c.gseq % n)
+	c.gseq++
+	g := &c.ghosts[gi]
+	if g.live {
+		c.unlinkGhost(gi)
+	}
+	b := &c.gbuckets[k.hash()&c.gmask]
+	g.key, g.live, g.hnext = k, true, *b
+	*b = gi + 1
+}
+
+func (c *Cache) unlinkGhost(gi int32) {
+	g := &c.ghosts[gi]
+	p := &c.gbuckets[g.key.hash()&c.gmask]
+	for *p != gi+1 {
+		p = &c.ghosts[*p-1].hnext
+	}
+	*p = g.hnext
+	g.hnext, g.live = 0, false
+}
+
+// unghost forgets k if it is a ghost and reports whether it was.
+func (c *Cache) unghost(k Key) bool {
+	if c.nslots == 0 {
+		return false
+	}
+	c.gmu.Lock()
+	defer c.gmu.Unlock()
+	return c.unghostLocked(k)
+}
+
+// unghostLocked is unghost with c.gmu held.
+func (c *Cache) unghostLocked(k Key) bool {
+	for i := c.gbuckets[k.hash()&c.gmask]; i != 0; {
+		g := &c.ghosts[i-1]
+		if g.key == k {
+			c.unlinkGhost(i - 1)
+			return true
+		}
+		i = g.hnext
+	}
+	return false
 }
 
 // Stats returns a snapshot of the counters.
@@ -494,9 +664,9 @@ func (c *Cache) Stats() Stats {
 	c.mu.RLock()
 	res := c.small.bytes + c.main.bytes
 	ins, ev := c.inserts.Load(), c.evictions.Load()
-	alloc := c.heapBytes
+	var alloc int64
 	if c.slab != nil {
-		alloc += c.slab.bytes
+		alloc = c.slab.bytes
 	}
 	c.mu.RUnlock()
 	return Stats{

@@ -2,7 +2,10 @@ package cache
 
 import (
 	"bytes"
+	"encoding/binary"
 	"errors"
+	"math/rand"
+	"runtime"
 	"sync"
 	"sync/atomic"
 	"testing"
@@ -248,5 +251,179 @@ func TestBatchFlights(t *testing.T) {
 	}
 	if string(reqs[2].Dst[:reqs[2].Len]) != "two" {
 		t.Fatal("hit not copied")
+	}
+}
+
+// The metadata lives outside the Go heap: filling a cache (and its ghost
+// ring) leaves the Go heap about where it was, and every lookup meanwhile
+// returns the value stored under its key.
+func TestMetadataOffHeap(t *testing.T) {
+	const capacity = 32 << 20
+	var m0, m1 runtime.MemStats
+	runtime.GC()
+	runtime.ReadMemStats(&m0)
+	c := New(capacity, 4096)
+	page := make([]byte, 4096)
+	dst := make([]byte, 4096)
+	pages := capacity / 4096
+	for i := 0; i < 4*pages; i++ {
+		k := Key{ID: uint64(i % 3), Index: uint64(i)}
+		binary.LittleEndian.PutUint64(page, k.hash())
+		r := acquire(c, k, dst)
+		if r.State != Lead {
+			t.Fatalf("key %d: state %d", i, r.State)
+		}
+		c.Complete(r.Flight, [][]byte{page[:1+i%4096]}, Origin(i))
+	}
+	runtime.GC()
+	runtime.ReadMemStats(&m1)
+	s := c.Stats()
+	if s.Entries != int64(pages) || s.ResidentBytes > capacity {
+		t.Fatalf("stats %+v", s)
+	}
+	if grew := int64(m1.HeapAlloc) - int64(m0.HeapAlloc); grew > 1<<20 {
+		t.Fatalf("Go heap grew by %d bytes for %d cached pages", grew, pages)
+	}
+	found := 0
+	for i := 0; i < 4*pages; i++ {
+		k := Key{ID: uint64(i % 3), Index: uint64(i)}
+		n, o, ok := c.Get(k, dst)
+		if !ok {
+			continue
+		}
+		found++
+		if n != 1+i%4096 || o != Origin(i) || (n >= 8 && binary.LittleEndian.Uint64(dst) != k.hash()) {
+			t.Fatalf("key %d: %d bytes, origin %d", i, n, o)
+		}
+	}
+	if found != pages {
+		t.Fatalf("%d pages found, %d cached", found, pages)
+	}
+	runtime.KeepAlive(c)
+}
+
+// Random concurrent use of a small cache: lookups (Acquire and
+// AcquireOnSecondMiss), fills, failures and waits; every value seen is the one for its key and the bound holds.
+func TestRandomConcurrent(t *testing.T) {
+	c := New(64*4096, 4096)
+	val := func(k Key, b []byte) []byte {
+		b = b[:1+int(k.Index*7919%4096)]
+		for i := range b {
+			b[i] = byte(k.Index*31 + k.ID + uint64(i))
+		}
+		return b
+	}
+	var wg sync.WaitGroup
+	for g := 0; g < 8; g++ {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			rng := rand.New(rand.NewSource(int64(g)))
+			buf, want := make([]byte, 4096), make([]byte, 4096)
+			reqs := make([]Req, 8)
+			for it := 0; it < 3000; it++ {
+				n := 1 + rng.Intn(len(reqs))
+				base := uint64(rng.Intn(300))
+				for i := 0; i < n; i++ {
+					reqs[i] = Req{Key: Key{ID: uint64(rng.Intn(2)), Index: base + uint64(i)}, Dst: make([]byte, 4096)}
+				}
+				rs := reqs[:n]
+				if rng.Intn(2) == 0 {
+					c.Acquire(rs)
+				} else {
+					c.AcquireOnSecondMiss(rs)
+				}
+				var led []*Flight
+				for i := range rs {
+					r := &rs[i]
+					if r.State != Lead || (len(led) > 0 && led[len(led)-1] == r.Flight) {
+						continue
+					}
+					led = append(led, r.Flight)
+					var vals [][]byte
+					for j := i; j < n && rs[j].State == Lead && rs[j].Flight == r.Flight; j++ {
+						vals = append(vals, val(rs[j].Key, make([]byte, 4096)))
+					}
+					if rng.Intn(10) == 0 {
+						c.Fail(r.Flight, errors.New("boom"))
+					} else {
+						c.Complete(r.Flight, vals, 1)
+					}
+				}
+				for i := range rs {
+					r := &rs[i]
+					l := r.Len
+					switch r.State {
+					case Lead, Miss: // Miss: AcquireOnSecondMiss left it to us
+						continue
+					case Wait:
+						var err error
+						if l, _, err = r.Flight.Wait(r.Index, r.Dst); err != nil {
+							continue
+						}
+					}
+					w := val(r.Key, want)
+					if l != len(w) || !bytes.Equal(r.Dst[:l], w) {
+						t.Errorf("key %v: wrong value (%d bytes, want %d)", r.Key, l, len(w))
+						return
+					}
+				}
+				k := Key{ID: uint64(rng.Intn(2)), Index: uint64(rng.Intn(300))}
+				if l, _, ok := c.Get(k, buf); ok && !bytes.Equal(buf[:l], val(k, want)) {
+					t.Errorf("Get %v: wrong value", k)
+					return
+				}
+			}
+		}()
+	}
+	wg.Wait()
+	if s := c.Stats(); s.ResidentBytes > 64*4096 || s.Entries > 64 {
+		t.Fatalf("stats %+v", s)
+	}
+}
+
+// AcquireOnSecondMiss leaves a first miss to the caller and remembers the
+// key; the next miss on it leads a fetch into main, then it hits. Keys
+// being fetched by others are still waited on.
+func TestAcquireOnSecondMiss(t *testing.T) {
+	c := New(1<<20, 4096)
+	k := Key{ID: 1, Index: 1}
+	second := func(k Key) Req {
+		r := []Req{{Key: k, Dst: make([]byte, 8)}}
+		c.AcquireOnSecondMiss(r)
+		return r[0]
+	}
+	if r := second(k); r.State != Miss || r.Flight != nil {
+		t.Fatalf("first miss: state %d", r.State)
+	}
+	if s := c.Stats(); s.Misses != 1 || s.Inserts != 0 {
+		t.Fatalf("stats after the first miss %+v", s)
+	}
+	r := second(k)
+	if r.State != Lead {
+		t.Fatalf("second miss: state %d", r.State)
+	}
+	c.Complete(r.Flight, [][]byte{[]byte("value")}, 3)
+	if r := second(k); r.State != Hit || string(r.Dst[:r.Len]) != "value" || r.Origin != 3 {
+		t.Fatalf("after the fetch: %+v", r)
+	}
+	if c.main.bytes != 4096 || c.small.bytes != 0 {
+		t.Fatal("a page read twice did not go to main")
+	}
+	other := acquire(c, Key{ID: 2}, nil) // a plain Acquire leads at once
+	if other.State != Lead {
+		t.Fatal("Acquire did not lead")
+	}
+	if r := second(Key{ID: 2}); r.State != Wait || r.Flight != other.Flight {
+		t.Fatalf("a key being fetched: state %d", r.State)
+	}
+	c.Fail(other.Flight, errors.New("x"))
+	if r := New(0, 4096); true { // no slots: nothing remembered, nothing breaks
+		q := []Req{{Key: k}}
+		r.AcquireOnSecondMiss(q)
+		r.AcquireOnSecondMiss(q)
+		if q[0].State != Miss {
+			t.Fatalf("zero capacity: state %d", q[0].State)
+		}
 	}
 }

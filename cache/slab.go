@@ -27,7 +27,7 @@ func (s *slab) slot(i int32) []byte {
 	seg := int(i) / s.perSeg
 	for len(s.segs) <= seg {
 		n := min(s.perSeg, s.slots-len(s.segs)*s.perSeg) * s.slotSize
-		s.segs = append(s.segs, allocSeg(n))
+		s.segs = append(s.segs, allocSeg(n, true)) // about to be filled
 		s.bytes += int64(n)
 	}
 	o := (int(i) % s.perSeg) * s.slotSize
@@ -42,8 +42,9 @@ func (s *slab) free() {
 	s.segs = nil
 }
 
-// track releases s's mappings once c is unreachable (the slab's bytes are
-// only ever referenced by c's entries).
-func track(c *Cache, s *slab) {
+// track releases the slab's and the metadata's mappings once c is
+// unreachable (only c refers to them).
+func track(c *Cache, s *slab, m *meta) {
 	runtime.AddCleanup(c, func(s *slab) { s.free() }, s)
+	runtime.AddCleanup(c, func(m *meta) { m.free() }, m)
 }

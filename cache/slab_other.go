@@ -2,6 +2,6 @@
 
 package cache
 
-func allocSeg(n int) []byte { return make([]byte, n) }
+func allocSeg(n int, populate bool) []byte { return make([]byte, n) }
 
 func freeSeg([]byte) {}

@@ -518,7 +518,15 @@ func (d *Daemon) contentKeys(spec Spec, ofs []*opened, readers []*blobcache.Read
 	}
 	domain := "domain:" + spec.Domain
 	if spec.Domain == "" {
-		domain = "export:" + spec.Name // content shared only inside the export
+		// Content is shared only among exports of the same inputs (the same
+		// files or checked copies, in the same order): their fingerprint
+		// claims are the same, made by the same bytes. Keyed by export name,
+		// two exports of the same blobs fetched their file data twice.
+		ids := make([]string, len(readers))
+		for i, r := range readers {
+			ids[i] = r.BlobID()
+		}
+		domain = "inputs:" + strings.Join(ids, "\x00")
 	}
 	spans, err := blobcache.FileSpans(img, domain, d.cfg.Fingerprints)
 	if err != nil {

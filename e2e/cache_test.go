@@ -117,7 +117,9 @@ func TestCacheEveryByte(t *testing.T) {
 		want[e.name] = fileSHA(t, composeFile(t, image{blobs: e.files}))
 		args = append(args, "--export", e.name+"="+strings.Join(e.files, ","))
 	}
-	d := serveDaemon(t, append(args, "--cache-size", "768K", "--domain", "d")...)
+	// slowBackend: reads of plain local files of 64 KiB and more would be
+	// sent with sendfile past the cache; a backend delay keeps them in it.
+	d := serveDaemon(t, append(args, append([]string{"--cache-size", "768K", "--domain", "d"}, slowBackend...)...)...)
 
 	for pass := 0; pass < 2; pass++ {
 		var wg sync.WaitGroup
@@ -154,7 +156,7 @@ func TestCacheEveryByte(t *testing.T) {
 	// Dedup of every kind, read one export after another through a cache
 	// that holds them all (in the tiny cache above, whether two exports'
 	// reads of shared content overlap in time depends on the machine's load).
-	d2 := serveDaemon(t, append(args, "--cache-size", "64M", "--domain", "d")...)
+	d2 := serveDaemon(t, append(args, append([]string{"--cache-size", "64M", "--domain", "d"}, slowBackend...)...)...)
 	for _, name := range []string{"layered0", "layered0-again", "layered1", "tagged", "tagged-copy"} {
 		out := filepath.Join(t.TempDir(), name+".img")
 		if b, err := execOut("nbdcopy", d2.uriFor(t, name), out); err != nil {
@@ -170,7 +172,31 @@ func TestCacheEveryByte(t *testing.T) {
 			t.Errorf("no %s dedup hits", kind)
 		}
 	}
+
+	// Plain local files through the cache: large reads are sent from the
+	// files (sendfile), small and edge ones go through the cache; every
+	// byte is right either way, and both paths were taken.
+	d3 := serveDaemon(t, append(args, "--cache-size", "768K", "--domain", "d")...)
+	for _, name := range []string{"layered0", "layered0-again", rich[0].name, "tagged-copy"} {
+		for _, rs := range []string{"4096", "131072"} {
+			out := filepath.Join(t.TempDir(), name+".img")
+			if b, err := execOut("nbdcopy", "--request-size="+rs, d3.uriFor(t, name), out); err != nil {
+				t.Fatalf("%s: nbdcopy: %v\n%s", name, err, b)
+			}
+			if got, err := testtree.HashFile(out); err != nil || got != want[name] {
+				t.Fatalf("%s, %s-byte requests, cache past local files: served bytes differ from compose -o", name, rs)
+			}
+		}
+	}
+	expo = scrape(t, d3.metrics)
+	if v := metricValue(t, expo, `erofs_blockd_cache_misses_total`); v == 0 {
+		t.Error("no cache misses: small reads did not go through the cache")
+	}
 }
+
+// slowBackend makes every input read take a little longer, which keeps
+// reads of plain local files in the content cache (zero-copy is off).
+var slowBackend = []string{"--debug-backend-delay", "1us"}
 
 // TestCacheDomains: content keys are shared only inside a domain. Two
 // images with the same file contents in different blobs: with one domain,
@@ -194,7 +220,7 @@ func TestCacheDomains(t *testing.T) {
 				imgs[0][0], imgs[0][1], imgs[0][2], tc.domains[0], imgs[1][0], imgs[1][1], imgs[1][2], tc.domains[1])
 			cf := filepath.Join(t.TempDir(), "exports.json")
 			os.WriteFile(cf, []byte(cfg), 0o644)
-			d := serveDaemon(t, "--config", cf, "--cache-size", "64M")
+			d := serveDaemon(t, append([]string{"--config", cf, "--cache-size", "64M"}, slowBackend...)...)
 			for _, n := range []string{"x", "y"} {
 				run(t, "nbdcopy", d.uriFor(t, n), filepath.Join(t.TempDir(), n))
 			}
@@ -209,4 +235,34 @@ func TestCacheDomains(t *testing.T) {
 
 func execOut(name string, args ...string) ([]byte, error) {
 	return exec.Command(name, args...).CombinedOutput()
+}
+
+// TestCacheTwoExportsSameBlobs: two exports of the same blob files (no
+// domain) share every page, fingerprinted file data included: reading the
+// second after the first reads (almost) nothing from the backends.
+func TestCacheTwoExportsSameBlobs(t *testing.T) {
+	need(t, "nbdcopy", "mkfs.erofs")
+	files := layeredSet(t, t.TempDir(), 1, 24, 96<<10, true)[0]
+	list := strings.Join(files, ",")
+	d := serveDaemon(t, append([]string{"--export", "a=" + list, "--export", "b=" + list, "--cache-size", "64M"}, slowBackend...)...)
+	backend := func() float64 {
+		var s float64
+		for _, l := range strings.Split(scrape(t, d.metrics), "\n") {
+			if strings.HasPrefix(l, "erofs_blockd_backend_read_bytes_total{") {
+				var v float64
+				fmt.Sscanf(l[strings.LastIndexByte(l, ' ')+1:], "%g", &v)
+				s += v
+			}
+		}
+		return s
+	}
+	b0 := backend()
+	run(t, "nbdcopy", d.uriFor(t, "a"), filepath.Join(t.TempDir(), "a"))
+	b1 := backend()
+	run(t, "nbdcopy", d.uriFor(t, "b"), filepath.Join(t.TempDir(), "b"))
+	b2 := backend()
+	t.Logf("backend bytes: export a %.0f, then export b %.0f (%.3fx of one device for both)", b1-b0, b2-b1, (b2-b0)/(b1-b0))
+	if b2-b0 > 1.05*(b1-b0) {
+		t.Fatalf("two exports of the same blobs read %.0f backend bytes, one %.0f", b2-b0, b1-b0)
+	}
 }

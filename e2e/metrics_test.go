@@ -118,7 +118,7 @@ func metricValue(t *testing.T, expo, series string) float64 {
 func TestMetrics(t *testing.T) {
 	need(t, "nbdcopy", "promtool", "mkfs.erofs")
 	im := layouts(t, testtree.Options{Seed: 5, Files: 40, MaxSize: 200 << 10})[1] // contiguous multi-blob
-	d := serveDaemon(t, append(im.blobArgs(), "--name", "img", "--cache-size", "64M")...)
+	d := serveDaemon(t, append(im.blobArgs(), append([]string{"--name", "img", "--cache-size", "64M"}, slowBackend...)...)...)
 	size, err := strconv.ParseInt(strings.Trim(strings.Fields(d.lines[0])[2], "("), 10, 64)
 	if err != nil {
 		t.Fatal(err)

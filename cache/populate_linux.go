@@ -1,0 +1,5 @@
+package cache
+
+import "syscall"
+
+const mapPopulate = syscall.MAP_POPULATE
