@@ -16,6 +16,7 @@ type conn struct {
 	raw    net.Conn // the accepted connection
 	nc     net.Conn // raw, or the TLS connection over it
 	br     *bufio.Reader
+	sr     *sockReader // br's source when it is the socket itself (no TLS)
 	remote string
 	done   chan struct{} // closed when the connection has ended
 

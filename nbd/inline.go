@@ -1,8 +1,13 @@
 package nbd
 
 import (
+	"bufio"
 	"encoding/binary"
+	"errors"
 	"fmt"
+	"io"
+	"net"
+	"syscall"
 	"time"
 )
 
@@ -105,4 +110,54 @@ func (c *conn) flushPending() {
 	clear(c.pend) // drop references to buffers
 	c.pend = c.pend[:0]
 	c.pendBytes = 0
+}
+
+// sockReader is what br reads from a socket without TLS: the socket, or
+// with nowait set one read attempt that does not wait for data.
+type sockReader struct {
+	nc     net.Conn
+	rc     syscall.RawConn
+	nowait bool
+}
+
+// errNoData: nothing to read without waiting (bufio keeps its buffer and
+// forgets the error once returned).
+var errNoData = errors.New("no data without waiting")
+
+func (s *sockReader) Read(p []byte) (int, error) {
+	if !s.nowait {
+		return s.nc.Read(p)
+	}
+	var n int
+	var err error
+	if cerr := s.rc.Read(func(fd uintptr) bool {
+		n, err = syscall.Read(int(fd), p)
+		return true // one attempt, never wait
+	}); cerr != nil || err != nil || n <= 0 {
+		return 0, errNoData // the next (waiting) read reports errors and EOF
+	}
+	return n, nil
+}
+
+// newReader sets up br over the connection (through a sockReader when the
+// connection is a plain socket).
+func (c *conn) newReader() {
+	var r io.Reader = c.nc
+	if sc, ok := c.nc.(syscall.Conn); ok {
+		if rc, err := sc.SyscallConn(); err == nil {
+			c.sr = &sockReader{nc: c.nc, rc: rc}
+			r = c.sr
+		}
+	}
+	c.br = bufio.NewReaderSize(r, 64<<10)
+}
+
+// pollRequests reads whatever requests have arrived, without waiting.
+func (c *conn) pollRequests() {
+	if c.sr == nil {
+		return
+	}
+	c.sr.nowait = true
+	c.br.Peek(requestHdrLen)
+	c.sr.nowait = false
 }

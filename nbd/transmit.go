@@ -1,7 +1,6 @@
 package nbd
 
 import (
-	"bufio"
 	"encoding/binary"
 	"errors"
 	"fmt"
@@ -18,7 +17,7 @@ import (
 func (c *conn) transmit() error {
 	c.enterTransmission()
 	if c.br == nil {
-		c.br = bufio.NewReaderSize(c.nc, 64<<10)
+		c.newReader()
 	}
 	c.work = make(chan request)
 	c.budgetCond.L = &c.budgetMu
@@ -45,10 +44,14 @@ func (c *conn) transmit() error {
 func (c *conn) readLoop() error {
 	maxReq := c.srv.cfg.MaxRequest
 	for {
-		if c.br.Buffered() < requestHdrLen {
+		if c.br.Buffered() < requestHdrLen && len(c.pend) > 0 {
 			// Every request already read is answered or handed over:
-			// send what is ready before the next read may wait.
-			c.flushPending()
+			// take in requests that arrived meanwhile if that need not
+			// wait, else send what is ready before the next read may.
+			c.pollRequests()
+			if c.br.Buffered() < requestHdrLen {
+				c.flushPending()
+			}
 		}
 		if _, err := io.ReadFull(c.br, c.hdr[:]); err != nil {
 			if c.stopped() {
