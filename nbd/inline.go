@@ -17,9 +17,10 @@ import (
 // goroutine itself, with no hand-off to a worker: its reply joins c.pend,
 // and the reader queues all pending replies at once (one writev when no
 // one else is writing) when it has decoded every request already
-// buffered, before anything that may wait (reading the socket, the READ
-// budget, a busy worker pool), and at the latest every inlineBatch
-// replies or inlineBatchBytes bytes. A pipeline of requests that arrive
+// buffered (and, on a plain socket, those that one read attempt without
+// waiting finds: pollRequests), before anything that may wait (reading
+// the socket, the READ budget, a busy worker pool), and at the latest
+// every inlineBatch replies or inlineBatchBytes bytes. A pipeline of requests that arrive
 // together thus costs one read, one preadv2 per request and one writev.
 // Whatever would block goes to the workers as before.
 
