@@ -2,6 +2,7 @@ package blockdev
 
 import (
 	"os"
+	"sync"
 	"sync/atomic"
 	"syscall"
 
@@ -15,6 +16,24 @@ type NoWaitFile struct {
 	rc          syscall.RawConn
 	unsupported atomic.Bool // the file system refused RWF_NOWAIT once
 }
+
+// noWaitCall is one preadv2 call's state, pooled with its function so a
+// read allocates nothing.
+type noWaitCall struct {
+	iov   [1][]byte
+	off   int64
+	n     int
+	errno error
+	fn    func(fd uintptr)
+}
+
+var noWaitCalls = sync.Pool{New: func() any {
+	c := &noWaitCall{}
+	c.fn = func(fd uintptr) {
+		c.n, c.errno = unix.Preadv2(int(fd), c.iov[:], c.off, unix.RWF_NOWAIT)
+	}
+	return c
+}}
 
 // NewNoWaitFile returns the no-wait reader of f, or nil if f has none.
 func NewNoWaitFile(f *os.File) *NoWaitFile {
@@ -35,14 +54,12 @@ func (w *NoWaitFile) ReadAtNoWait(p []byte, off int64) (int, error) {
 	if w == nil || w.unsupported.Load() {
 		return 0, ErrWouldBlock
 	}
-	var (
-		n     int
-		errno error
-	)
-	iov := [1][]byte{p}
-	err := w.rc.Control(func(fd uintptr) {
-		n, errno = unix.Preadv2(int(fd), iov[:], off, unix.RWF_NOWAIT)
-	})
+	c := noWaitCalls.Get().(*noWaitCall)
+	c.iov[0], c.off = p, off
+	err := w.rc.Control(c.fn)
+	n, errno := c.n, c.errno
+	c.iov[0], c.errno = nil, nil
+	noWaitCalls.Put(c)
 	switch {
 	case err != nil: // closed
 		return 0, ErrWouldBlock

@@ -119,6 +119,12 @@ type sockReader struct {
 	nc     net.Conn
 	rc     syscall.RawConn
 	nowait bool
+
+	// the attempt's state, with its function made once (no allocation)
+	buf []byte
+	n   int
+	err error
+	fn  func(fd uintptr) bool
 }
 
 // errNoData: nothing to read without waiting (bufio keeps its buffer and
@@ -129,12 +135,11 @@ func (s *sockReader) Read(p []byte) (int, error) {
 	if !s.nowait {
 		return s.nc.Read(p)
 	}
-	var n int
-	var err error
-	if cerr := s.rc.Read(func(fd uintptr) bool {
-		n, err = syscall.Read(int(fd), p)
-		return true // one attempt, never wait
-	}); cerr != nil || err != nil || n <= 0 {
+	s.buf = p
+	cerr := s.rc.Read(s.fn)
+	n, err := s.n, s.err
+	s.buf, s.err = nil, nil
+	if cerr != nil || err != nil || n <= 0 {
 		return 0, errNoData // the next (waiting) read reports errors and EOF
 	}
 	return n, nil
@@ -146,7 +151,12 @@ func (c *conn) newReader() {
 	var r io.Reader = c.nc
 	if sc, ok := c.nc.(syscall.Conn); ok {
 		if rc, err := sc.SyscallConn(); err == nil {
-			c.sr = &sockReader{nc: c.nc, rc: rc}
+			s := &sockReader{nc: c.nc, rc: rc}
+			s.fn = func(fd uintptr) bool {
+				s.n, s.err = syscall.Read(int(fd), s.buf)
+				return true // one attempt, never wait
+			}
+			c.sr = s
 			r = c.sr
 		}
 	}
