@@ -50,7 +50,8 @@
 #      qemu-nbd" (also: erofs-blockd-nocache = serve --cache-size 0,
 #      erofs-blockd-cache = serve --cache-size $CACHE_SIZE, default 256M,
 #      erofs-blockd-base = serve from the binary $EB_BASE, e.g. a build of
-#      the commit before a change, interleaved with this tree's)
+#      the commit before a change, interleaved with this tree's;
+#      erofs-blockd-base-cache = the same with --cache-size $CACHE_SIZE)
 #      WORKLOADS="rand4k-1c rand4k-4c seq128k seq1m nbdcopy"
 #      EXTRAS=1 PROFILE=0 BENCH_DIR=out/bench (kept; delete it to rebuild)
 # Default duration: ~1 min set-up (first time) + 5 x (4 servers x (4 x 8 s
@@ -149,6 +150,7 @@ start() { # name
 	# another build (EB_BASE=path/to/erofs-blockd), e.g. before a change,
 	# measured in the same rounds as this tree's
 	erofs-blockd-base) "${EB_BASE:?erofs-blockd-base needs EB_BASE}" serve "${BARGS[@]}" --listen "unix:$s" >"$RUN/$1.log" 2>&1 & p=$! ;;
+	erofs-blockd-base-cache) "${EB_BASE:?erofs-blockd-base-cache needs EB_BASE}" serve "${BARGS[@]}" --cache-size "$CACHE_SIZE" --listen "unix:$s" >"$RUN/$1.log" 2>&1 & p=$! ;;
 	# noextents: nbdkit 1.32.5's split plugin segfaults answering nbdcopy's
 	# block-status on this device; without it every byte is "data".
 	nbdkit-split) nbdkit -r -f -U "$s" --filter=noextents split "${pcs[@]}" >"$RUN/$1.log" 2>&1 & p=$! ;;
