@@ -28,6 +28,7 @@ import (
 	"github.com/erofs-blockd/erofs-blockd/blockdev"
 	"io"
 	"os"
+	"sync"
 	"sync/atomic"
 	"time"
 )
@@ -42,6 +43,9 @@ type Backend struct {
 	Delay time.Duration // added to every read (benchmarks, tests)
 
 	reads, bytes, errors atomic.Uint64
+
+	nwOnce sync.Once
+	nw     blockdev.NoWaitReader // R's no-wait reads; nil: none
 }
 
 // BackendStats are a backend's cumulative counters.
@@ -62,6 +66,35 @@ func (b *Backend) ReadAt(p []byte, off int64) (int, error) {
 		b.errors.Add(1)
 	}
 	return n, err
+}
+
+// ReadAtNoWait implements blockdev.NoWaitReader: R's no-wait read (an
+// *os.File with preadv2 RWF_NOWAIT, or R's own), counted like ReadAt;
+// always blockdev.ErrWouldBlock with an injected delay.
+func (b *Backend) ReadAtNoWait(p []byte, off int64) (int, error) {
+	if b.Delay > 0 {
+		return 0, blockdev.ErrWouldBlock
+	}
+	b.nwOnce.Do(func() {
+		switch r := b.R.(type) {
+		case blockdev.NoWaitReader:
+			b.nw = r
+		case *os.File:
+			if w := blockdev.NewNoWaitFile(r); w != nil {
+				b.nw = w
+			}
+		}
+	})
+	if b.nw == nil {
+		return 0, blockdev.ErrWouldBlock
+	}
+	n, err := b.nw.ReadAtNoWait(p, off)
+	if err != nil || n < len(p) {
+		return 0, blockdev.ErrWouldBlock // ReadAt counts the retry
+	}
+	b.reads.Add(1)
+	b.bytes.Add(uint64(n))
+	return n, nil
 }
 
 // Stats returns the counters.

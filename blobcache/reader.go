@@ -8,6 +8,7 @@ import (
 	"sync"
 	"sync/atomic"
 
+	"github.com/erofs-blockd/erofs-blockd/blockdev"
 	"github.com/erofs-blockd/erofs-blockd/cache"
 )
 
@@ -171,6 +172,49 @@ func (r *Reader) ReadAt(p []byte, off int64) (int, error) {
 	if err := r.read(p, off, int64(len(p))); err != nil {
 		return 0, err
 	}
+	return len(p), nil
+}
+
+// ReadAtNoWait implements blockdev.NoWaitReader. Uncached (before Enable)
+// it is the backend's no-wait read; cached, a read inside one page that is
+// a whole cached value (no padding to check) is copied from the cache, and
+// anything else would block, so ReadAt looks it up and fetches it (and
+// counts the hit or miss once).
+func (r *Reader) ReadAtNoWait(p []byte, off int64) (int, error) {
+	if !r.enabled.Load() || off < 0 || off+int64(len(p)) > r.size {
+		return r.be.ReadAtNoWait(p, off)
+	}
+	if len(p) == 0 {
+		return 0, nil
+	}
+	start := off / PageSize * PageSize
+	if off+int64(len(p)) > start+PageSize {
+		return 0, blockdev.ErrWouldBlock
+	}
+	pg := r.classify(start)
+	if pg.padLen > 0 || int64(pg.vlen) < off+int64(len(p))-start {
+		return 0, blockdev.ErrWouldBlock
+	}
+	var n int
+	var o cache.Origin
+	var ok bool
+	if off == start && len(p) == pg.vlen {
+		n, o, ok = r.sh.c.Get(pg.key, p)
+	} else {
+		s := scratchPool.Get().(*scratch)
+		n, o, ok = r.sh.c.Get(pg.key, s.edge[0][:pg.vlen])
+		if ok && n == pg.vlen {
+			copy(p, s.edge[0][off-start:])
+		}
+		scratchPool.Put(s)
+	}
+	if !ok {
+		return 0, blockdev.ErrWouldBlock
+	}
+	if n != pg.vlen { // cannot happen: identities include sizes
+		return 0, blockdev.ErrWouldBlock
+	}
+	r.countHit(&pg, o)
 	return len(p), nil
 }
 

@@ -2,10 +2,13 @@
 // speaks: a read-only block device is an io.ReaderAt with a size. Optional
 // interfaces let a device describe holes (for NBD_CMD_BLOCK_STATUS), accept
 // prefetch hints (for NBD_CMD_CACHE) and name the file behind a range (for
-// zero-copy sends). It owns no behaviour.
+// zero-copy sends) and try a read without waiting for storage. Besides
+// NoWaitFile (that try for a file: preadv2 with RWF_NOWAIT) it owns no
+// behaviour.
 package blockdev
 
 import (
+	"errors"
 	"io"
 	"os"
 )
@@ -73,3 +76,19 @@ type StoredReader interface {
 type ReadaheadSkipper interface {
 	SetReadaheadSkip(skip func(off, n int64) bool)
 }
+
+// NoWaitReader is implemented by devices that can try a read without
+// waiting for storage: ReadAtNoWait fills all of p from off, as ReadAt
+// would, when that needs no I/O wait (the bytes are in the page cache or
+// in memory), and otherwise returns ErrWouldBlock quickly, with p's
+// contents undefined. It may return ErrWouldBlock for any reason (a short
+// read, a file system without RWF_NOWAIT, an injected delay); the caller
+// then reads with ReadAt, which reports real errors. It never returns
+// io.EOF for a range inside Size. A server uses it to answer small reads
+// on the goroutine that decoded them, without a hand-off.
+type NoWaitReader interface {
+	ReadAtNoWait(p []byte, off int64) (n int, err error)
+}
+
+// ErrWouldBlock is returned by ReadAtNoWait when the read would wait.
+var ErrWouldBlock = errors.New("read would block")

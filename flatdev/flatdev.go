@@ -51,6 +51,7 @@ type Device struct {
 	sb      *erofs.Superblock
 	slots   []erofs.DeviceSlot // as rewritten
 	onError func(blob string, err error)
+	nowait  []blockdev.NoWaitReader // per input; nil: always would block (nowait.go)
 }
 
 type patch struct {
@@ -122,6 +123,7 @@ func New(primary Source, blobs []Source, opt Options) (*Device, error) {
 		return nil, &Error{File: primary.Name, Msg: "cannot lay out the unified address space", Err: err}
 	}
 	d := &Device{m: m, sb: sb, srcs: append([]Source{primary}, blobs...), onError: opt.OnError}
+	d.nowait = noWaitReaders(d.srcs)
 	if err := d.buildOverlay(primary); err != nil {
 		return nil, err
 	}

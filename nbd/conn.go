@@ -16,6 +16,7 @@ type conn struct {
 	raw    net.Conn // the accepted connection
 	nc     net.Conn // raw, or the TLS connection over it
 	br     *bufio.Reader
+	sr     *sockReader // br's source when it is the socket itself (no TLS)
 	remote string
 	done   chan struct{} // closed when the connection has ended
 
@@ -36,10 +37,11 @@ type conn struct {
 	dev        blockdev.Device
 	mapper     blockdev.Mapper
 	prefetcher blockdev.Prefetcher
-	ranger     blockdev.FileRanger // zero-copy READs; nil with TLS
-	leaser     blockdev.FileLeaser // the same for lent files (preferred)
-	devSize    int64               // Device.Size()
-	size       int64               // readable range (devSize, or KernelSize on the kernel path)
+	ranger     blockdev.FileRanger   // zero-copy READs; nil with TLS
+	leaser     blockdev.FileLeaser   // the same for lent files (preferred)
+	nowait     blockdev.NoWaitReader // small READs on the reader goroutine (inline.go)
+	devSize    int64                 // Device.Size()
+	size       int64                 // readable range (devSize, or KernelSize on the kernel path)
 	structured bool
 	metaAlloc  bool
 	flags      uint16
@@ -49,6 +51,10 @@ type conn struct {
 	work     chan request
 	nworkers int
 	wg       sync.WaitGroup
+
+	// replies of inline READs not yet queued (reader-owned, inline.go)
+	pend      []reply
+	pendBytes int
 
 	// reply queue (sendq.go)
 	qmu          sync.Mutex
@@ -69,15 +75,24 @@ type conn struct {
 }
 
 // acquire reserves n bytes of read buffer, waiting while other requests
-// hold the budget. One request may always proceed alone.
+// hold the budget. One request may always proceed alone. The reader
+// queues its pending inline replies before it waits (they hold budget).
 func (c *conn) acquire(n int64) {
 	c.budgetMu.Lock()
+	if c.inflight > 0 && c.inflight+n > c.budget && len(c.pend) > 0 {
+		c.budgetMu.Unlock()
+		c.flushPending()
+		c.budgetMu.Lock()
+	}
 	for c.inflight > 0 && c.inflight+n > c.budget {
 		c.budgetCond.Wait()
 	}
 	c.inflight += n
 	c.budgetMu.Unlock()
-	c.srv.budget.acquire(n)
+	if !c.srv.budget.tryAcquire(n) {
+		c.flushPending()
+		c.srv.budget.acquire(n)
+	}
 }
 
 func (c *conn) release(n int64) {
@@ -160,6 +175,7 @@ func (c *conn) setupTransmission(e *Export, structured, meta, kernel bool) {
 		c.ranger, _ = e.Device.(blockdev.FileRanger)
 		c.leaser, _ = e.Device.(blockdev.FileLeaser)
 	}
+	c.nowait, _ = e.Device.(blockdev.NoWaitReader)
 	c.devSize = e.Device.Size()
 	c.size = c.devSize
 	if kernel {

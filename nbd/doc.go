@@ -54,10 +54,19 @@
 //
 // Transmission. Exports are read-only: flags HAS_FLAGS|READ_ONLY|SEND_FLUSH|
 // CAN_MULTI_CONN|SEND_CACHE, plus SEND_DF with structured replies. One
-// goroutine per connection decodes requests; READ, CACHE and BLOCK_STATUS
-// run on up to MaxInFlight workers (holding at most max(64 MiB, 2*MaxRequest)
-// of READ buffers per connection), so replies can leave out of order, but
-// never interleave. Finished replies join a per-connection queue; the
+// goroutine per connection decodes requests (up to 64 KiB of them per read
+// syscall); READ, CACHE and BLOCK_STATUS run on up to MaxInFlight workers
+// (holding at most max(64 MiB, 2*MaxRequest) of READ buffers per
+// connection), so replies can leave out of order, but never interleave. A
+// READ of at most 64 KiB that is not sent zero-copy is first tried on the
+// reader itself when the device is a blockdev.NoWaitReader (flatdev over
+// files: preadv2 with RWF_NOWAIT, i.e. page-cache hits; content-cache
+// hits): no hand-off, and its reply waits (holding its READ budget) until
+// the reader has decoded every request already buffered, or at most 64
+// replies / 1 MiB, and is queued before the reader does anything that may
+// wait (reading the socket, waiting for budget or a worker); on a plain
+// socket one read attempt that does not wait first takes in requests that
+// arrived meanwhile. Only what would block goes to a worker. Finished replies join a per-connection queue; the
 // goroutine that finds no write in progress becomes the writer and sends
 // everything queued, one writev per batch under one write deadline
 // (WriteTimeout), so under load there is one write syscall per batch

@@ -1,7 +1,6 @@
 package nbd
 
 import (
-	"bufio"
 	"context"
 	"crypto/tls"
 	"encoding/binary"
@@ -13,7 +12,7 @@ import (
 // connection enters transmission, false with a nil error on NBD_OPT_ABORT.
 func (c *conn) handshake(ctx context.Context) (bool, error) {
 	c.startHandshakeDeadline()
-	c.br = bufio.NewReaderSize(c.nc, 64<<10)
+	c.newReader()
 
 	var hello [18]byte
 	binary.BigEndian.PutUint64(hello[0:], magicNBD)
@@ -347,6 +346,7 @@ func (c *conn) startTLS(ctx context.Context, cfg *tls.Config) error {
 		return fmt.Errorf("nbd: handshake: TLS: %w", err)
 	}
 	c.nc = tc
+	c.sr = nil
 	c.br.Reset(tc)
 	return nil
 }

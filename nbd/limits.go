@@ -81,6 +81,20 @@ func (b *budget) acquire(n int64) {
 	b.mu.Unlock()
 }
 
+// tryAcquire is acquire if it need not wait.
+func (b *budget) tryAcquire(n int64) bool {
+	if n == 0 {
+		return true
+	}
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	if b.used > 0 && b.used+n > b.max {
+		return false
+	}
+	b.used += n
+	return true
+}
+
 func (b *budget) release(n int64) {
 	if n == 0 {
 		return

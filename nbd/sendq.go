@@ -66,6 +66,27 @@ func (c *conn) enqueue(r *reply) {
 		return
 	}
 	c.queue = append(c.queue, *r)
+	c.writeQueued()
+}
+
+// enqueueAll is enqueue for several replies (the reader's inline ones),
+// under one lock. rs may be reused once it returns.
+func (c *conn) enqueueAll(rs []reply) {
+	c.qmu.Lock()
+	if c.werr != nil {
+		c.qmu.Unlock()
+		for i := range rs {
+			c.written(&rs[i])
+		}
+		return
+	}
+	c.queue = append(c.queue, rs...)
+	c.writeQueued()
+}
+
+// writeQueued is called with qmu held and unlocks it: unless someone is
+// writing already, it writes batches until the queue is empty.
+func (c *conn) writeQueued() {
 	if c.writing {
 		c.qmu.Unlock()
 		return

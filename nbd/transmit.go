@@ -1,7 +1,6 @@
 package nbd
 
 import (
-	"bufio"
 	"encoding/binary"
 	"errors"
 	"fmt"
@@ -11,18 +10,20 @@ import (
 )
 
 // transmit runs the transmission phase: this goroutine decodes requests,
-// answers cheap ones inline and hands READ, CACHE and BLOCK_STATUS to up to
-// MaxInFlight workers. Replies go out whole through the reply queue
+// answers cheap ones and small READs it can read without waiting
+// (inline.go) itself and hands other READs, CACHE and BLOCK_STATUS to up
+// to MaxInFlight workers. Replies go out whole through the reply queue
 // (sendq.go), batched into one writev when several are ready.
 func (c *conn) transmit() error {
 	c.enterTransmission()
 	if c.br == nil {
-		c.br = bufio.NewReaderSize(c.nc, 64<<10)
+		c.newReader()
 	}
 	c.work = make(chan request)
 	c.budgetCond.L = &c.budgetMu
 	c.budget = max(readBudget, 2*int64(c.srv.cfg.MaxRequest))
 	err := c.readLoop()
+	c.flushPending()
 	close(c.work)
 	c.wg.Wait() // finish in-flight requests before closing
 	if c.lingerAfterReply || errors.Is(err, ErrExportRemoved) {
@@ -43,6 +44,15 @@ func (c *conn) transmit() error {
 func (c *conn) readLoop() error {
 	maxReq := c.srv.cfg.MaxRequest
 	for {
+		if c.br.Buffered() < requestHdrLen && len(c.pend) > 0 {
+			// Every request already read is answered or handed over:
+			// take in requests that arrived meanwhile if that need not
+			// wait, else send what is ready before the next read may.
+			c.pollRequests()
+			if c.br.Buffered() < requestHdrLen {
+				c.flushPending()
+			}
+		}
 		if _, err := io.ReadFull(c.br, c.hdr[:]); err != nil {
 			if c.stopped() {
 				return c.stopErr()
@@ -59,6 +69,9 @@ func (c *conn) readLoop() error {
 		switch r.typ {
 		case CmdRead, CmdBlockStatus, CmdCache:
 			c.acquire(c.readCost(r))
+			if r.typ == CmdRead && c.tryInline(r) {
+				break
+			}
 			c.dispatch(r)
 		case CmdDisc:
 			return nil
@@ -69,6 +82,9 @@ func (c *conn) readLoop() error {
 				c.inline(r, EPERM, "read-only export")
 				c.lingerAfterReply = true
 				return fmt.Errorf("nbd: write payload %d exceeds maximum %d", r.length, maxReq)
+			}
+			if c.br.Buffered() < int(r.length) {
+				c.flushPending()
 			}
 			if _, err := c.br.Discard(int(r.length)); err != nil {
 				return fmt.Errorf("nbd: skip write payload: %w", err)
@@ -121,6 +137,7 @@ func (c *conn) dispatch(r request) {
 		go w.run(r)
 		return
 	}
+	c.flushPending() // before waiting for a worker
 	c.work <- r
 }
 

@@ -48,7 +48,10 @@
 # env: ROUNDS=5 RUNTIME=8 (seconds per fio run) SIZE=1073741824 CHUNK=65536
 #      LAYOUT=aligned QD4C=8 SERVERS="erofs-blockd nbdkit-split nbdkit-file
 #      qemu-nbd" (also: erofs-blockd-nocache = serve --cache-size 0,
-#      erofs-blockd-cache = serve --cache-size $CACHE_SIZE, default 256M)
+#      erofs-blockd-cache = serve --cache-size $CACHE_SIZE, default 256M,
+#      erofs-blockd-base = serve from the binary $EB_BASE, e.g. a build of
+#      the commit before a change, interleaved with this tree's;
+#      erofs-blockd-base-cache = the same with --cache-size $CACHE_SIZE)
 #      WORKLOADS="rand4k-1c rand4k-4c seq128k seq1m nbdcopy"
 #      EXTRAS=1 PROFILE=0 BENCH_DIR=out/bench (kept; delete it to rebuild)
 # Default duration: ~1 min set-up (first time) + 5 x (4 servers x (4 x 8 s
@@ -144,6 +147,10 @@ start() { # name
 	erofs-blockd) "$EB" serve "${BARGS[@]}" --listen "unix:$s" >"$RUN/$1.log" 2>&1 & p=$! ;;
 	erofs-blockd-nocache) "$EB" serve "${BARGS[@]}" --cache-size 0 --listen "unix:$s" >"$RUN/$1.log" 2>&1 & p=$! ;;
 	erofs-blockd-cache) "$EB" serve "${BARGS[@]}" --cache-size "$CACHE_SIZE" --listen "unix:$s" >"$RUN/$1.log" 2>&1 & p=$! ;;
+	# another build (EB_BASE=path/to/erofs-blockd), e.g. before a change,
+	# measured in the same rounds as this tree's
+	erofs-blockd-base) "${EB_BASE:?erofs-blockd-base needs EB_BASE}" serve "${BARGS[@]}" --listen "unix:$s" >"$RUN/$1.log" 2>&1 & p=$! ;;
+	erofs-blockd-base-cache) "${EB_BASE:?erofs-blockd-base-cache needs EB_BASE}" serve "${BARGS[@]}" --cache-size "$CACHE_SIZE" --listen "unix:$s" >"$RUN/$1.log" 2>&1 & p=$! ;;
 	# noextents: nbdkit 1.32.5's split plugin segfaults answering nbdcopy's
 	# block-status on this device; without it every byte is "data".
 	nbdkit-split) nbdkit -r -f -U "$s" --filter=noextents split "${pcs[@]}" >"$RUN/$1.log" 2>&1 & p=$! ;;
