@@ -356,7 +356,22 @@ func TestKernelRecover(t *testing.T) {
 	pid := cmd.Process.Pid
 	cmd.Process.Signal(unix.SIGKILL)
 	cmd.Wait()
+	// Reads the old server completed just before it died may still be
+	// counted by their goroutines: take the count once it has stopped
+	// moving (a device that kept completing reads with no server would
+	// never settle).
 	before := reads.Load()
+	for stable, i := 0, 0; stable < 20; i++ {
+		if i > 500 {
+			t.Fatalf("reads keep completing with no server (%d)", reads.Load()-before)
+		}
+		time.Sleep(10 * time.Millisecond)
+		if now := reads.Load(); now != before {
+			before, stable = now, 0
+		} else {
+			stable++
+		}
+	}
 	t.Logf("killed pid %d after %d reads", pid, before)
 	if _, err := os.Stat("/dev/ublkb6"); err != nil {
 		t.Fatalf("device gone after the server died: %v", err)
