@@ -332,25 +332,12 @@ func (c *Cache) Acquire(reqs []Req) {
 				lead = nil
 				continue
 			}
-			if s := c.lookup(r.Key); s != 0 { // filled between the two locks
-				c.hit(r, s)
-			} else if p, ok := c.pending[r.Key]; ok {
-				p.fl.waiters++
-				r.State, r.Flight, r.Index = Wait, p.fl, p.fi
-			} else {
-				if lead == nil {
-					lead = &Flight{done: make(chan struct{})}
-				}
-				fi := len(lead.keys)
-				lead.keys = append(lead.keys, r.Key)
-				lead.ghost = append(lead.ghost, c.unghost(r.Key))
-				c.pending[r.Key] = pending{lead, fi}
-				r.State, r.Flight, r.Index = Lead, lead, fi
+			// (a hit may have been filled between the two locks)
+			if c.settleLocked(r, &lead, false) {
 				leads++
-				continue
+			} else {
+				hits++
 			}
-			hits++
-			lead = nil
 		}
 		c.mu.Unlock()
 	}
@@ -360,6 +347,33 @@ func (c *Cache) Acquire(reqs []Req) {
 	if leads > 0 {
 		c.misses.Add(leads)
 	}
+}
+
+// settleLocked sorts a key missing from the lookup under the read lock
+// (c.mu now held for writing): a hit if it was filled meanwhile, Wait on
+// another caller's Flight, or else Lead on *lead (made on first use;
+// wasGhost: its key was a ghost already taken off the ring). It returns
+// whether r leads; after a hit or Wait the next Lead starts a new Flight.
+func (c *Cache) settleLocked(r *Req, lead **Flight, wasGhost bool) bool {
+	if s := c.lookup(r.Key); s != 0 {
+		c.hit(r, s)
+	} else if p, ok := c.pending[r.Key]; ok {
+		p.fl.waiters++
+		r.State, r.Flight, r.Index = Wait, p.fl, p.fi
+	} else {
+		if *lead == nil {
+			*lead = &Flight{done: make(chan struct{})}
+		}
+		fl := *lead
+		fi := len(fl.keys)
+		fl.keys = append(fl.keys, r.Key)
+		fl.ghost = append(fl.ghost, wasGhost || c.unghost(r.Key))
+		c.pending[r.Key] = pending{fl, fi}
+		r.State, r.Flight, r.Index = Lead, fl, fi
+		return true
+	}
+	*lead = nil
+	return false
 }
 
 // AcquireOnSecondMiss is Acquire for keys whose fetch is as cheap as a hit
@@ -414,26 +428,11 @@ func (c *Cache) AcquireOnSecondMiss(reqs []Req) {
 				lead = nil
 				continue
 			}
-			wasGhost := r.State == Lead
-			if s := c.lookup(r.Key); s != 0 { // filled meanwhile
-				c.hit(r, s)
-			} else if p, ok := c.pending[r.Key]; ok {
-				p.fl.waiters++
-				r.State, r.Flight, r.Index = Wait, p.fl, p.fi
-			} else {
-				if lead == nil {
-					lead = &Flight{done: make(chan struct{})}
-				}
-				fi := len(lead.keys)
-				lead.keys = append(lead.keys, r.Key)
-				lead.ghost = append(lead.ghost, wasGhost || c.unghost(r.Key))
-				c.pending[r.Key] = pending{lead, fi}
-				r.State, r.Flight, r.Index = Lead, lead, fi
+			if c.settleLocked(r, &lead, r.State == Lead) {
 				misses++
-				continue
+			} else {
+				hits++
 			}
-			hits++
-			lead = nil
 		}
 		c.mu.Unlock()
 	}

@@ -89,12 +89,7 @@ func (c *conn) readAtNoWait(data []byte, off int64) (ok bool) {
 			ok = false
 		}
 	}()
-	if avail := c.devSize - off; avail < int64(len(data)) {
-		avail = max(avail, 0)
-		clear(data[avail:])
-		data = data[:avail]
-	}
-	if len(data) == 0 {
+	if data = c.clipTail(data, off); len(data) == 0 {
 		return true
 	}
 	n, err := c.nowait.ReadAtNoWait(data, off)

@@ -313,15 +313,21 @@ func (c *conn) zeroCopy(r request) bool {
 	return true
 }
 
-// readAt fills data from the device at off; bytes past the device size
-// (the kernel path's rounded tail) read as zeros.
-func (c *conn) readAt(data []byte, off int64) error {
+// clipTail zeroes the part of data past the device size (the kernel
+// path's rounded tail) and returns the rest.
+func (c *conn) clipTail(data []byte, off int64) []byte {
 	if avail := c.devSize - off; avail < int64(len(data)) {
 		avail = max(avail, 0)
 		clear(data[avail:])
 		data = data[:avail]
 	}
-	if len(data) == 0 {
+	return data
+}
+
+// readAt fills data from the device at off; bytes past the device size
+// (the kernel path's rounded tail) read as zeros.
+func (c *conn) readAt(data []byte, off int64) error {
+	if data = c.clipTail(data, off); len(data) == 0 {
 		return nil
 	}
 	n, err := c.dev.ReadAt(data, off)
