@@ -2,7 +2,6 @@ package nbd
 
 import (
 	"bufio"
-	"encoding/binary"
 	"errors"
 	"fmt"
 	"io"
@@ -58,15 +57,7 @@ func (c *conn) tryInline(r request) (ok bool) {
 		c.srv.bufs.put(bp)
 		return false
 	}
-	var out []byte
-	if c.structured {
-		out = buf[readHeadroom-structHdrLen-8 : readHeadroom+n]
-		putChunkHeader(out, replyFlagDone, replyTypeData, r.cookie, uint32(8+n))
-		binary.BigEndian.PutUint64(out[structHdrLen:], r.offset)
-	} else {
-		out = buf[readHeadroom-simpleHdrLen : readHeadroom+n]
-		putSimpleReply(out, 0, r.cookie)
-	}
+	out := c.frameRead(buf, r, n)
 	if obs != nil {
 		obs.RequestStart(c.exp.Name, r.typ, r.length)
 		obs.RequestDone(RequestInfo{Export: c.exp.Name, Command: r.typ, Offset: r.offset,

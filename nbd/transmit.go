@@ -254,15 +254,7 @@ func (w *worker) read(r request) (errno uint32, handed bool) {
 		c.replyStatus(r, EIO, "backend read error")
 		return EIO, false
 	}
-	var out []byte
-	if c.structured {
-		out = buf[readHeadroom-structHdrLen-8 : readHeadroom+n]
-		putChunkHeader(out, replyFlagDone, replyTypeData, r.cookie, uint32(8+n))
-		binary.BigEndian.PutUint64(out[structHdrLen:], r.offset)
-	} else {
-		out = buf[readHeadroom-simpleHdrLen : readHeadroom+n]
-		putSimpleReply(out, 0, r.cookie)
-	}
+	out := c.frameRead(buf, r, n)
 	c.sendOwned(out, bp, c.readCost(r))
 	return 0, true
 }
@@ -311,6 +303,20 @@ func (c *conn) zeroCopy(r request) bool {
 	}
 	c.enqueue(&rp)
 	return true
+}
+
+// frameRead puts the reply header for READ r in the headroom of buf,
+// whose n data bytes start at readHeadroom, and returns the whole reply.
+func (c *conn) frameRead(buf []byte, r request, n int) []byte {
+	if c.structured {
+		out := buf[readHeadroom-structHdrLen-8 : readHeadroom+n]
+		putChunkHeader(out, replyFlagDone, replyTypeData, r.cookie, uint32(8+n))
+		binary.BigEndian.PutUint64(out[structHdrLen:], r.offset)
+		return out
+	}
+	out := buf[readHeadroom-simpleHdrLen : readHeadroom+n]
+	putSimpleReply(out, 0, r.cookie)
+	return out
 }
 
 // clipTail zeroes the part of data past the device size (the kernel
