@@ -1,6 +1,9 @@
 package blobcache
 
-import "sort"
+import (
+	"slices"
+	"sort"
+)
 
 // Content shared by fingerprint across different inputs is kept once on
 // disk too. The memory cache already keys such pages by content, but a
@@ -53,50 +56,24 @@ func (s *Shared) register(r *Reader) {
 		s.locs[sp.id] = append(ls, loc{r: r, off: sp.Off, logical: sp.Logical, n: sp.Len})
 	}
 	r.lends.Store(len(r.regIDs) > 0)
-	s.nlocs.Store(int64(len(s.locs)))
 }
 
 func (s *Shared) unregisterLocked(r *Reader) {
 	for _, id := range r.regIDs {
-		ls := s.locs[id]
-		k := 0
-		for _, l := range ls {
-			if l.r != r {
-				ls[k] = l
-				k++
-			}
-		}
-		clear(ls[k:])
-		if k == 0 {
-			delete(s.locs, id)
+		if ls := slices.DeleteFunc(s.locs[id], func(l loc) bool { return l.r == r }); len(ls) > 0 {
+			s.locs[id] = ls
 		} else {
-			s.locs[id] = ls[:k]
+			delete(s.locs, id)
 		}
 	}
 	r.regIDs = nil
 	r.lends.Store(false)
-	s.nlocs.Store(int64(len(s.locs)))
-	if rs := s.byBE[r.be]; len(rs) > 0 {
-		rs = slicesDelete(rs, r)
-		if len(rs) == 0 {
-			delete(s.byBE, r.be)
-			r.be.setReadaheadSkip(nil)
-		} else {
-			s.byBE[r.be] = rs
-		}
+	if rs := slices.DeleteFunc(s.byBE[r.be], func(x *Reader) bool { return x == r }); len(rs) > 0 {
+		s.byBE[r.be] = rs
+	} else if _, ok := s.byBE[r.be]; ok {
+		delete(s.byBE, r.be)
+		r.be.setReadaheadSkip(nil)
 	}
-}
-
-func slicesDelete(rs []*Reader, r *Reader) []*Reader {
-	k := 0
-	for _, x := range rs {
-		if x != r {
-			rs[k] = x
-			k++
-		}
-	}
-	clear(rs[k:])
-	return rs[:k]
 }
 
 // coveredElsewhere reports whether [off, off+n) of be's input is all file
@@ -190,7 +167,7 @@ func (s *Shared) readAlias(r *Reader, id uint64, logical int64, p []byte) bool {
 // taken from there and only the rest is read from r's input. A short
 // count means the read failed.
 func (r *Reader) fill(buf []byte, from int64, pgs []page) (int, error) {
-	if r.sh.nlocs.Load() == 0 || !r.lends.Load() || !r.anyAlias(pgs) {
+	if !r.lends.Load() || !r.anyAlias(pgs) {
 		// Nothing to share, or a local input: read it.
 		return r.be.ReadAt(buf, from)
 	}

@@ -38,10 +38,9 @@ type Shared struct {
 	zeroCopyBytes                      atomic.Uint64
 
 	// Where each content lies in inputs that can read locally (alias.go),
-	// under mu; nlocs is len(locs).
+	// under mu.
 	locs       map[uint64][]loc
 	byBE       map[*Backend][]*Reader // registered readers by input
-	nlocs      atomic.Int64
 	aliasBytes atomic.Uint64
 }
 
