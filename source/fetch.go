@@ -177,6 +177,7 @@ func (r *remote) ReadAt(p []byte, off int64) (int, error) {
 			for i := lo; i <= hi; i++ {
 				if (*skip)(i*r.chunk, int64(r.chunkLen(i))) {
 					hi = i - 1
+					break
 				}
 			}
 		}
