@@ -1,6 +1,7 @@
 package blobcache
 
 import (
+	"maps"
 	"slices"
 	"sort"
 )
@@ -109,11 +110,27 @@ func (r *Reader) coveredLocked(a, b int64) bool {
 }
 
 // Close drops the reader's locations: nothing reads its input for others
-// afterwards. The reader itself keeps working.
+// afterwards; the last reader of a blob to close also drops what was
+// learnt about its padding. The reader itself keeps working (without
+// recording padding). Closing twice is closing once.
 func (r *Reader) Close() {
-	r.sh.mu.Lock()
-	r.sh.unregisterLocked(r)
-	r.sh.mu.Unlock()
+	r.closeOnce.Do(func() {
+		r.sh.mu.Lock()
+		r.sh.unregisterLocked(r)
+		r.sh.mu.Unlock()
+		r.sh.dropPadRef(r.blobID)
+	})
+}
+
+// dropPadRef ends one reader's use of blob's padding entries.
+func (s *Shared) dropPadRef(blob uint64) {
+	s.padMu.Lock()
+	defer s.padMu.Unlock()
+	if s.padRefs[blob]--; s.padRefs[blob] > 0 {
+		return
+	}
+	delete(s.padRefs, blob)
+	maps.DeleteFunc(s.pad, func(k padKey, _ bool) bool { return k.blob == blob })
 }
 
 // hasAlias reports whether content id lies in an input other than r's.

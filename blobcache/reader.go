@@ -57,6 +57,8 @@ type Reader struct {
 
 	regIDs []uint64    // contents with locations in this reader (alias.go), under sh.mu
 	lends  atomic.Bool // regIDs is not empty: a remote input with content spans
+
+	closeOnce sync.Once
 }
 
 // NewReader makes the reader. Identities are interned in sh.
@@ -68,6 +70,9 @@ func (sh *Shared) NewReader(cfg ReaderConfig) *Reader {
 	}
 	_, r.cheap = cfg.Backend.ZeroCopyFile()
 	r.SetSpans(cfg.Spans)
+	sh.padMu.Lock()
+	sh.padRefs[r.blobID]++
+	sh.padMu.Unlock()
 	return r
 }
 
@@ -471,7 +476,9 @@ func (r *Reader) fillPad(pg page, put func(int64, []byte)) error {
 
 func (r *Reader) setPad(start int64, zero bool) {
 	r.sh.padMu.Lock()
-	r.sh.pad[padKey{r.blobID, start}] = zero
+	if r.sh.padRefs[r.blobID] > 0 { // else nothing open would use it
+		r.sh.pad[padKey{r.blobID, start}] = zero
+	}
 	r.sh.padMu.Unlock()
 }
 

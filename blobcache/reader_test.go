@@ -364,3 +364,55 @@ func TestCheapInputCachedOnSecondRead(t *testing.T) {
 		t.Fatalf("third reads went to the file: %+v, backend bytes %d -> %d", st, b0, be.Stats().Bytes)
 	}
 }
+
+// What is learnt about a blob's padding lives while some reader of the
+// blob is open: two exports of one blob share it, the last Close drops it
+// (a daemon that removes exports does not keep it forever), and a closed
+// reader still reads right without recording any.
+func TestPaddingForgottenOnLastClose(t *testing.T) {
+	rng := rand.New(rand.NewSource(9))
+	file := randBytes(rng, 5000)
+	a := append(append([]byte{}, file...), make([]byte, 2*PageSize-len(file))...)
+	sh := NewShared(cache.New(1<<20, PageSize))
+	span := []Span{{Off: 0, Len: int64(len(file)), Logical: 0, FileSize: int64(len(file)), Content: "fp"}}
+	be1, _ := backend("a", a)
+	be2, _ := backend("a", a)
+	r1 := sh.NewReader(ReaderConfig{Backend: be1, FileID: "a1", BlobID: "a", Spans: span})
+	r2 := sh.NewReader(ReaderConfig{Backend: be2, FileID: "a2", BlobID: "a", Spans: span})
+	r1.Enable()
+	r2.Enable()
+	entries := func() int {
+		sh.padMu.Lock()
+		defer sh.padMu.Unlock()
+		return len(sh.pad)
+	}
+	read := func(r *Reader) {
+		t.Helper()
+		got := make([]byte, len(a))
+		if _, err := r.ReadAt(got, 0); err != nil || !bytes.Equal(got, a) {
+			t.Fatalf("read: %v", err)
+		}
+	}
+	read(r1)
+	if entries() != 1 {
+		t.Fatalf("%d padding entries after a read, want 1", entries())
+	}
+	r1.Close()
+	r1.Close() // twice is once
+	if entries() != 1 {
+		t.Fatal("padding forgotten while another reader of the blob is open")
+	}
+	pads := sh.Stats().PadReads
+	read(r2)
+	if sh.Stats().PadReads != pads {
+		t.Fatal("the second export read the padding its twin had checked")
+	}
+	r2.Close()
+	if entries() != 0 {
+		t.Fatalf("%d padding entries after the last Close, want 0", entries())
+	}
+	read(r1) // still correct, records nothing
+	if entries() != 0 {
+		t.Fatal("a closed reader recorded padding")
+	}
+}

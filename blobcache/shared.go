@@ -29,9 +29,11 @@ type Shared struct {
 
 	// pad: whether the padding after a content-keyed tail page of an
 	// input (by blob identity, so every export of it shares what one
-	// learnt) is zero; absent: unknown.
-	padMu sync.Mutex
-	pad   map[padKey]bool
+	// learnt) is zero; absent: unknown. padRefs counts the open readers
+	// of each blob; the last one's Close forgets the blob's entries.
+	padMu   sync.Mutex
+	pad     map[padKey]bool
+	padRefs map[uint64]int
 
 	dedupFile, dedupCopy, dedupContent atomic.Uint64
 	padReads                           atomic.Uint64
@@ -46,7 +48,7 @@ type Shared struct {
 
 // NewShared wraps c (which must not be nil).
 func NewShared(c *cache.Cache) *Shared {
-	return &Shared{c: c, ids: make(map[string]uint64), pad: make(map[padKey]bool)}
+	return &Shared{c: c, ids: make(map[string]uint64), pad: make(map[padKey]bool), padRefs: make(map[uint64]int)}
 }
 
 // Cache returns the underlying cache.
