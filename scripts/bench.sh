@@ -32,9 +32,13 @@
 # Each round runs every workload against every server, the server order
 # rotating per round; data is page-cached (one warm-up copy per server).
 # Per run: fio IOPS and bytes; server CPU = utime+stime delta from
-# /proc/PID/stat; peak RSS = VmHWM after resetting it (clear_refs 5).
-# The table shows medians over rounds (RSS: the maximum), the IOPS spread
-# (max-min)/median, and for erofs-blockd the ratios to nbdkit split / file.
+# /proc/PID/stat; peak RSS = VmHWM after resetting it (clear_refs 5);
+# client CPU = fio's usr+sys (% of one core, all jobs). The table shows
+# medians over rounds (RSS: the maximum), the IOPS spread (max-min)/median,
+# and for erofs-blockd the ratios to nbdkit split / file. A client near
+# 100% per job is what bounds that run: rand4k-1c's single fio job is (on
+# a 2-core machine, against any server here), so its ratios measure how
+# cheap each server's replies are for fio, not the server's own speed.
 #
 # Extras (EXTRAS=1, default): RSS of each server with 64 idle connected
 # clients; `erofs-blockd serve` start-up time (until its socket exists)
@@ -195,23 +199,26 @@ measure() {
 		nbdcopy "$(uri "$s")" null:
 		t1=$(now)
 		c1=$(cpu "$p")
-		iops=0 bytes=$DEVSIZE
+		iops=0 bytes=$DEVSIZE client=
 		secs=$(python3 -c "import sys; print(float(sys.argv[2])-float(sys.argv[1]))" "$t0" "$t1")
 	else
 		out=$(fiojob "$wl" "$(uri "$s")")
 		c1=$(cpu "$p")
-		read -r iops bytes secs < <(echo "$out" | python3 -c '
+		# client: fio's own CPU (usr+sys) as % of one core, all jobs
+		read -r iops bytes secs client < <(echo "$out" | python3 -c '
 import json, sys
 t = sys.stdin.read()
 j = json.loads(t[t.find("{"):])
 if j["jobs"][0]["error"]:
     sys.exit("fio error %d" % j["jobs"][0]["error"])
 r = j["jobs"][0]["read"]
-print(r["iops"], r["io_bytes"], r["runtime"] / 1000.0)
+jb = j["jobs"][0]  # group_reporting: CPU is the mean per job
+print(r["iops"], r["io_bytes"], r["runtime"] / 1000.0,
+      (jb["usr_cpu"] + jb["sys_cpu"]) * int(jb["job options"].get("numjobs", "1")))
 ')
 	fi
-	printf '%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\n' "$r" "$s" "$wl" "$iops" "$bytes" "$secs" \
-		"$(echo "$c0 $c1 $HZ" | awk '{print ($2-$1)/$3}')" "$(hwm "$p")" >>"$RES"
+	printf '%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\n' "$r" "$s" "$wl" "$iops" "$bytes" "$secs" \
+		"$(echo "$c0 $c1 $HZ" | awk '{print ($2-$1)/$3}')" "$(hwm "$p")" "${client:-}" >>"$RES"
 }
 
 if [ "$ROUNDS" -gt 0 ]; then
@@ -219,7 +226,7 @@ if [ "$ROUNDS" -gt 0 ]; then
 	for s in "${srv[@]}"; do start "$s"; done
 	log "warm-up: nbdcopy from each server"
 	for s in "${srv[@]}"; do nbdcopy "$(uri "$s")" null:; done
-	printf 'round\tserver\tworkload\tiops\tbytes\tsecs\tcpu_s\thwm_kb\n' >"$RES"
+	printf 'round\tserver\tworkload\tiops\tbytes\tsecs\tcpu_s\thwm_kb\tclient_pct\n' >"$RES"
 	log "$ROUNDS rounds x {$WORKLOADS} x {$SERVERS}, fio runs of ${RUNTIME}s; load: $(cut -d' ' -f1-3 /proc/loadavg)"
 	for r in $(seq "$ROUNDS"); do
 		for wl in $WORKLOADS; do
@@ -247,12 +254,14 @@ for w in order_w:
         mbs = [float(r["bytes"]) / float(r["secs"]) / 1e6 for r in rs]
         cpu = [float(r["cpu_s"]) / (float(r["bytes"]) / 2**30) for r in rs]
         secs = [float(r["secs"]) for r in rs]
+        cl = [float(r["client_pct"]) for r in rs if r.get("client_pct")]
         agg[w, s] = dict(iops=st.median(iops), mbs=st.median(mbs), cpu=st.median(cpu),
+                         client=st.median(cl) if cl else None,
                          rss=max(int(r["hwm_kb"]) for r in rs) / 1024, secs=st.median(secs),
                          spread=(max(mbs) - min(mbs)) / st.median(mbs) * 100, n=len(rs))
 print()
 print("rounds=%s runtime=%ss per fio run; rand4k-4c = 4 connections x iodepth %s; medians (RSS: max)" % tuple(sys.argv[2:5]))
-hdr = "%-10s %-20s %10s %9s %8s %11s %8s %9s %9s %9s %9s" % ("workload", "server", "IOPS", "MB/s", "spread", "CPU s/GiB", "RSS MiB", "thr/split", "thr/file", "cpu/split", "cpu/file")
+hdr = "%-10s %-20s %10s %9s %8s %11s %8s %7s %9s %9s %9s %9s" % ("workload", "server", "IOPS", "MB/s", "spread", "CPU s/GiB", "RSS MiB", "client", "thr/split", "thr/file", "cpu/split", "cpu/file")
 print(hdr); print("-" * len(hdr))
 for w in order_w:
     for s in order_s:
@@ -267,10 +276,13 @@ for w in order_w:
             for o in ("nbdkit-split", "nbdkit-file"):
                 b = agg.get((w, o))
                 extra += " %9s" % ("%.2f" % (a["cpu"] / b["cpu"]) if b and b["cpu"] > 0 else "-")
-        print("%-10s %-20s %10s %9.1f %7.0f%% %11.3f %8.1f%s" % (w, s, iops, a["mbs"], a["spread"], a["cpu"], a["rss"], extra))
+        client = "%6.0f%%" % a["client"] if a["client"] is not None else "%7s" % "-"
+        print("%-10s %-20s %10s %9.1f %7.0f%% %11.3f %8.1f %s%s" % (w, s, iops, a["mbs"], a["spread"], a["cpu"], a["rss"], client, extra))
     print()
 print("IOPS column for nbdcopy: median wall time of the whole-device copy. spread: (max-min)/median of MB/s.")
 print("thr/x: erofs-blockd MB/s / x's MB/s (higher is better); cpu/x: erofs-blockd CPU s/GiB / x's (lower is better).")
+print("client: fio's own CPU (usr+sys, % of one core, all jobs), median. At ~100% per job (rand4k-1c has one) fio itself")
+print("  bounds IOPS: its nbd engine makes 6 system calls per request (poll, 4 recv, send) whatever the server.")
 EOF
 	for s in "${srv[@]}"; do kill "${PID[$s]}"; done
 	wait 2>/dev/null || true
