@@ -58,6 +58,7 @@
 #      erofs-blockd-base-cache = the same with --cache-size $CACHE_SIZE)
 #      WORKLOADS="rand4k-1c rand4k-4c seq128k seq1m nbdcopy"
 #      EXTRAS=1 PROFILE=0 BENCH_DIR=out/bench (kept; delete it to rebuild)
+#      PIN=0 (1: servers pinned to the last CPU, fio to the others)
 # Default duration: ~1 min set-up (first time) + 5 x (4 servers x (4 x 8 s
 # + nbdcopy)) ~ 13 min.
 set -euo pipefail
@@ -86,6 +87,14 @@ mkdir -p "$W/bin" "$W/run"
 W=$(cd "$W" && pwd)
 RUN=$W/run
 HZ=$(getconf CLK_TCK)
+# PIN=1: every server on the last CPU, fio on the others (taskset), so
+# client and server never take each other's core
+PINSRV= PINFIO=
+if [ "${PIN:-0}" = 1 ]; then
+	last=$(($(nproc) - 1))
+	[ "$last" -ge 1 ] || { echo "bench: PIN=1 needs 2 CPUs" >&2; exit 2; }
+	PINSRV=$last PINFIO="taskset -c 0-$((last - 1))"
+fi
 log() { echo "== $(date +%T) $*" >&2; }
 
 log "building erofs-blockd and benchdev"
@@ -147,6 +156,14 @@ waitsock() { # socket pid
 start() { # name
 	local s=$RUN/$1.sock p
 	rm -f "$s"
+	start1 "$@"
+	p=${PID[$1]}
+	[ -z "$PINSRV" ] || taskset -a -p -c "$PINSRV" "$p" >/dev/null
+	waitsock "$s" "$p"
+}
+
+start1() { # name: starts the server, sets PID and SOCK
+	local s=$RUN/$1.sock p
 	case $1 in
 	erofs-blockd) "$EB" serve "${BARGS[@]}" --listen "unix:$s" >"$RUN/$1.log" 2>&1 & p=$! ;;
 	erofs-blockd-nocache) "$EB" serve "${BARGS[@]}" --cache-size 0 --listen "unix:$s" >"$RUN/$1.log" 2>&1 & p=$! ;;
@@ -166,7 +183,6 @@ start() { # name
 	PIDS+=("$p")
 	PID[$1]=$p
 	SOCK[$1]=$s
-	waitsock "$s" "$p"
 }
 
 cpu() { awk '{print $14+$15}' "/proc/$1/stat"; }
@@ -185,7 +201,7 @@ fiojob() { # workload uri -> fio json on stdout
 	seq1m) args+=(--rw=read --bs=1m --iodepth=8 --numjobs=1) ;;
 	*) echo "bench: unknown workload $1" >&2; exit 2 ;;
 	esac
-	fio "${args[@]}"
+	$PINFIO fio "${args[@]}"
 }
 
 RES=$W/results.tsv
