@@ -37,8 +37,10 @@ const (
 // read it without waiting; the caller holds r's budget, which goes with
 // the reply on success. It returns false to hand r to a worker.
 func (c *conn) tryInline(r request) (ok bool) {
-	if c.nowait == nil || r.length > inlineMax || (r.length >= zeroCopyMin && c.ranger != nil) ||
-		r.length > c.srv.cfg.MaxRequest {
+	if r.length >= zeroCopyMin && c.ranger != nil && r.length <= c.srv.cfg.MaxRequest {
+		return c.zeroCopyInline(r)
+	}
+	if c.nowait == nil || r.length > inlineMax || r.length > c.srv.cfg.MaxRequest {
 		return false
 	}
 	if errno, _ := c.checkRange(r); errno != 0 {
@@ -65,6 +67,44 @@ func (c *conn) tryInline(r request) (ok bool) {
 	}
 	c.pend = append(c.pend, reply{b: out, bp: bp, cost: c.readCost(r)})
 	c.pendBytes += len(out)
+	if len(c.pend) >= inlineBatch || c.pendBytes >= inlineBatchBytes {
+		c.flushPending()
+	}
+	return true
+}
+
+// zeroCopyInline queues READ r's zero-copy reply (header, then the file
+// range with sendfile) from the reader goroutine: nothing is read here, so
+// a worker would only add a hand-off (and on a busy machine a thread
+// wake-up per request). False when r is not zero-copy (the worker then
+// reads it, or answers the error).
+func (c *conn) zeroCopyInline(r request) (ok bool) {
+	if errno, _ := c.checkRange(r); errno != 0 {
+		return false
+	}
+	defer func() {
+		if p := recover(); p != nil {
+			c.srv.logBackendErr("zero-copy lookup", c.exp.Name, r.offset, r.length, fmt.Errorf("panic: %v", p))
+			ok = false
+		}
+	}()
+	obs := c.srv.cfg.Observer
+	var t0 time.Time
+	if obs != nil {
+		t0 = time.Now()
+	}
+	rp, ok := c.zeroCopyReply(r)
+	if !ok {
+		return false
+	}
+	rp.cost = c.readCost(r)
+	if obs != nil {
+		obs.RequestStart(c.exp.Name, r.typ, r.length)
+		obs.RequestDone(RequestInfo{Export: c.exp.Name, Command: r.typ, Offset: r.offset,
+			Length: r.length, Duration: time.Since(t0)})
+	}
+	c.pend = append(c.pend, rp)
+	c.pendBytes += rp.n + int(rp.fLen)
 	if len(c.pend) >= inlineBatch || c.pendBytes >= inlineBatchBytes {
 		c.flushPending()
 	}

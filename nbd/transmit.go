@@ -268,9 +268,18 @@ const zeroCopyMin = 64 << 10
 // holds it. Otherwise it returns false and the range is read as usual (so
 // a truncated file gets the read path's EIO reply).
 func (c *conn) zeroCopy(r request) bool {
+	rp, ok := c.zeroCopyReply(r)
+	if ok {
+		c.enqueue(&rp)
+	}
+	return ok
+}
+
+// zeroCopyReply is zeroCopy's reply, not yet queued.
+func (c *conn) zeroCopyReply(r request) (reply, bool) {
 	off, n := int64(r.offset), int64(r.length)
 	if n > c.devSize-off {
-		return false // the kernel path's zero tail
+		return reply{}, false // the kernel path's zero tail
 	}
 	var (
 		f       *os.File
@@ -284,13 +293,13 @@ func (c *conn) zeroCopy(r request) bool {
 		f, foff, ok = c.ranger.FileRange(off, n)
 	}
 	if !ok {
-		return false
+		return reply{}, false
 	}
 	if st, err := f.Stat(); err != nil || st.Size() < foff+n {
 		if release != nil {
 			release()
 		}
-		return false
+		return reply{}, false
 	}
 	rp := reply{f: f, fOff: foff, fLen: n, release: release, req: r}
 	if c.structured {
@@ -301,8 +310,7 @@ func (c *conn) zeroCopy(r request) bool {
 		putSimpleReply(rp.small[:], 0, r.cookie)
 		rp.n = simpleHdrLen
 	}
-	c.enqueue(&rp)
-	return true
+	return rp, true
 }
 
 // frameRead puts the reply header for READ r in the headroom of buf,
