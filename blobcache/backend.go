@@ -97,6 +97,29 @@ func (b *Backend) ReadAtNoWait(p []byte, off int64) (int, error) {
 	return n, nil
 }
 
+// ReadSlices implements blockdev.SliceReader when R does (a remote
+// blob's fetched chunks), counted like ReadAt.
+func (b *Backend) ReadSlices(dst [][]byte, off int64, n int) ([][]byte, bool, error) {
+	sr, ok := b.R.(blockdev.SliceReader)
+	if !ok {
+		return dst, false, nil
+	}
+	out, ok, err := sr.ReadSlices(dst, off, n)
+	if !ok {
+		return out, false, nil
+	}
+	if b.Delay > 0 {
+		time.Sleep(b.Delay)
+	}
+	b.reads.Add(1)
+	if err != nil {
+		b.errors.Add(1)
+		return out, true, err
+	}
+	b.bytes.Add(uint64(n))
+	return out, true, nil
+}
+
 // Stats returns the counters.
 func (b *Backend) Stats() BackendStats {
 	return BackendStats{Name: b.Name, Reads: b.reads.Load(), Bytes: b.bytes.Load(), Errors: b.errors.Load()}

@@ -90,5 +90,17 @@ type NoWaitReader interface {
 	ReadAtNoWait(p []byte, off int64) (n int, err error)
 }
 
+// SliceReader is implemented by readers that hold what they read in
+// memory of their own (a remote blob's fetched chunks) and can lend it
+// instead of copying: ReadSlices appends to dst slices that together hold
+// [off, off+n), waiting and fetching as ReadAt would. The slices must not
+// be written; they stay valid as long as they are referenced. ok false
+// (nothing appended, nil error): this range is not lent, read it with
+// ReadAt. A server sends lent slices with one writev, saving a copy of
+// every byte.
+type SliceReader interface {
+	ReadSlices(dst [][]byte, off int64, n int) (out [][]byte, ok bool, err error)
+}
+
 // ErrWouldBlock is returned by ReadAtNoWait when the read would wait.
 var ErrWouldBlock = errors.New("read would block")

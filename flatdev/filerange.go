@@ -87,12 +87,8 @@ func (d *Device) oneRun(off, length int64) (*Source, int64, bool) {
 	if run.DevOff+length > src.Size {
 		return nil, 0, false
 	}
-	if run.Dev == 0 {
-		for _, p := range d.overlay {
-			if p.off < run.DevOff+length && p.off+int64(len(p.data)) > run.DevOff {
-				return nil, 0, false
-			}
-		}
+	if run.Dev == 0 && d.touchesOverlay(run.DevOff, length) {
+		return nil, 0, false
 	}
 	return src, run.DevOff, true
 }

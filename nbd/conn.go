@@ -40,6 +40,7 @@ type conn struct {
 	ranger     blockdev.FileRanger   // zero-copy READs; nil with TLS
 	leaser     blockdev.FileLeaser   // the same for lent files (preferred)
 	nowait     blockdev.NoWaitReader // small READs on the reader goroutine (inline.go)
+	slicer     blockdev.SliceReader  // READs sent from memory the device lends; nil with TLS
 	devSize    int64                 // Device.Size()
 	size       int64                 // readable range (devSize, or KernelSize on the kernel path)
 	structured bool
@@ -174,6 +175,8 @@ func (c *conn) setupTransmission(e *Export, structured, meta, kernel bool) {
 	if _, sock := c.raw.(syscall.Conn); sock && c.nc == c.raw { // not with TLS
 		c.ranger, _ = e.Device.(blockdev.FileRanger)
 		c.leaser, _ = e.Device.(blockdev.FileLeaser)
+		// TLS would write each lent slice as a record of its own
+		c.slicer, _ = e.Device.(blockdev.SliceReader)
 	}
 	c.nowait, _ = e.Device.(blockdev.NoWaitReader)
 	c.devSize = e.Device.Size()

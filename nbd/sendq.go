@@ -28,13 +28,15 @@ const sendBuffer = 4 << 20
 
 // reply is one queued reply: b (a pooled READ buffer bp or a buffer handed
 // over), or up to replyScratch bytes copied into small, optionally followed
-// by fLen bytes of f at fOff sent with sendfile (zero-copy READ).
+// by lent slices segs or by fLen bytes of f at fOff sent with sendfile
+// (zero-copy READ).
 type reply struct {
 	b     []byte
 	bp    *[]byte // returned to the pool once written
 	cost  int64   // READ budget released once written
 	n     int
 	small [replyScratch]byte
+	segs  [][]byte // lent slices after the header (blockdev.SliceReader)
 
 	f          *os.File
 	fOff, fLen int64
@@ -121,7 +123,7 @@ func (c *conn) writeBatch(batch []reply) error {
 	if c.writeTimeout > 0 {
 		c.raw.SetWriteDeadline(time.Now().Add(c.writeTimeout))
 	}
-	if len(batch) == 1 && batch[0].f == nil {
+	if len(batch) == 1 && batch[0].f == nil && batch[0].segs == nil {
 		_, err := c.nc.Write(batch[0].bytes())
 		return err
 	}
@@ -129,6 +131,7 @@ func (c *conn) writeBatch(batch []reply) error {
 	defer func() { c.iov = iov[:0] }()
 	for i := range batch {
 		iov = append(iov, batch[i].bytes())
+		iov = append(iov, batch[i].segs...)
 		if batch[i].f == nil {
 			continue
 		}

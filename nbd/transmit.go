@@ -244,6 +244,11 @@ func (w *worker) read(r request) (errno uint32, handed bool) {
 	if r.length >= zeroCopyMin && c.ranger != nil && c.zeroCopy(r) {
 		return 0, false
 	}
+	if r.length >= sliceMin && c.slicer != nil {
+		if errno, ok := c.lent(r); ok {
+			return errno, errno == 0
+		}
+	}
 	n := int(r.length)
 	bp := c.srv.bufs.get(n)
 	buf := *bp
@@ -302,6 +307,13 @@ func (c *conn) zeroCopyReply(r request) (reply, bool) {
 		return reply{}, false
 	}
 	rp := reply{f: f, fOff: foff, fLen: n, release: release, req: r}
+	c.frameSmall(&rp, r, n)
+	return rp, true
+}
+
+// frameSmall puts the header of READ r's reply, whose n data bytes follow
+// from elsewhere (a file, lent slices), in rp.small.
+func (c *conn) frameSmall(rp *reply, r request, n int64) {
 	if c.structured {
 		putChunkHeader(rp.small[:], replyFlagDone, replyTypeData, r.cookie, uint32(8+n))
 		binary.BigEndian.PutUint64(rp.small[structHdrLen:], r.offset)
@@ -310,7 +322,33 @@ func (c *conn) zeroCopyReply(r request) (reply, bool) {
 		putSimpleReply(rp.small[:], 0, r.cookie)
 		rp.n = simpleHdrLen
 	}
-	return rp, true
+}
+
+// sliceMin is the smallest READ sent from slices the device lends
+// (blockdev.SliceReader) rather than copied into a buffer.
+const sliceMin = 16 << 10
+
+// lent queues READ r's reply from slices the device lends, if it lends
+// the range. handled is false when it does not (read as usual); errno is
+// the error reply sent when lending failed.
+func (c *conn) lent(r request) (errno uint32, handled bool) {
+	off, n := int64(r.offset), int(r.length)
+	if int64(n) > c.devSize-off {
+		return 0, false // the kernel path's zero tail
+	}
+	segs, ok, err := c.slicer.ReadSlices(make([][]byte, 0, 4), off, n)
+	if !ok {
+		return 0, false
+	}
+	if err != nil {
+		c.srv.logBackendErr("backend read", c.exp.Name, r.offset, r.length, err)
+		c.replyStatus(r, EIO, "backend read error")
+		return EIO, true
+	}
+	rp := reply{segs: segs, cost: c.readCost(r)}
+	c.frameSmall(&rp, r, int64(n))
+	c.enqueue(&rp)
+	return 0, true
 }
 
 // frameRead puts the reply header for READ r in the headroom of buf,

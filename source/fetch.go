@@ -169,6 +169,64 @@ func (r *remote) ReadAt(p []byte, off int64) (int, error) {
 	if r.readStored(p[:want], off, first, last) {
 		return int(want), eof
 	}
+	n, err := r.readFetched(off, want, func(pos int64, b []byte) { copy(p[pos:], b) })
+	if err != nil {
+		return n, err
+	}
+	return n, eof
+}
+
+// ReadSlices implements blockdev.SliceReader: the fetched chunks' bytes
+// of [off, off+n) themselves, fetching as ReadAt does. Chunks are never
+// written once fetched, so lending them is safe. With a ChunkStore only
+// ranges whose chunks are all in memory already (fetched, or read ahead)
+// are lent; for the rest (false) ReadAt reads what is stored from its
+// files and fetches the others.
+func (r *remote) ReadSlices(dst [][]byte, off int64, n int) ([][]byte, bool, error) {
+	if off < 0 || n <= 0 || int64(n) > r.size-off {
+		return dst, false, nil
+	}
+	want := int64(n)
+	if r.store != nil && !r.inMemory(off/r.chunk, (off+want-1)/r.chunk) {
+		return dst, false, nil
+	}
+	start := len(dst)
+	got, err := r.readFetched(off, want, func(_ int64, b []byte) { dst = append(dst, b) })
+	if err == nil && int64(got) != want {
+		err = fmt.Errorf("%s: read bytes %d-%d: %w", r.name, off, off+want-1, io.ErrUnexpectedEOF)
+	}
+	if err != nil {
+		return dst[:start], true, err
+	}
+	return dst, true, nil
+}
+
+// inMemory reports whether chunks first..last are all fetched and kept.
+func (r *remote) inMemory(first, last int64) bool {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	for i := first; i <= last; i++ {
+		cf := r.chunks[i]
+		if cf == nil {
+			return false
+		}
+		select {
+		case <-cf.done:
+			if cf.err != nil {
+				return false
+			}
+		default:
+			return false
+		}
+	}
+	return true
+}
+
+// readFetched gets the chunks covering [off, off+want) (in memory, in
+// flight, or fetched now, with readahead for sequential readers) and
+// hands their bytes to put in order, with each piece's position from off.
+func (r *remote) readFetched(off, want int64, put func(pos int64, b []byte)) (int, error) {
+	first, last := off/r.chunk, (off+want-1)/r.chunk
 	fetches := r.claim(first, last)
 	if lo, hi := r.sequential(off, off+want, last); lo <= hi {
 		// A sequential reader: start the next chunks now, without waiting,
@@ -202,9 +260,12 @@ func (r *remote) ReadAt(p []byte, off int64) (int, error) {
 		cs := i * r.chunk
 		lo := max(off, cs)
 		hi := min(off+want, cs+int64(len(cf.data)))
-		n += copy(p[lo-off:hi-off], cf.data[lo-cs:hi-cs])
+		if hi > lo {
+			put(lo-off, cf.data[lo-cs:hi-cs:hi-cs])
+			n += int(hi - lo)
+		}
 	}
-	return n, eof
+	return n, nil
 }
 
 // Prefetch fetches the chunks of [off, off+n) that are missing, at low

@@ -611,3 +611,69 @@ func TestDigestCheckOfStoredBlob(t *testing.T) {
 		}
 	}
 }
+
+// ReadSlices lends the fetched chunks themselves: in odd pieces from
+// several goroutines (crossing chunk boundaries, with readahead running)
+// the lent slices always add up to exactly the blob's bytes, and a fetch
+// that fails is an error, never slices.
+func TestReadSlicesEveryByte(t *testing.T) {
+	data := testBlob(t, 3<<20+777)
+	var fail atomic.Bool
+	srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		if fail.Load() {
+			http.Error(w, "down", http.StatusInternalServerError)
+			return
+		}
+		w.Header().Set("ETag", `"v1"`)
+		http.ServeContent(w, r, "blob", time.Unix(1, 0), bytes.NewReader(data))
+	}))
+	defer srv.Close()
+	b, err := NewOpener(Options{Chunk: 128 << 10, Retries: -1}).Open(context.Background(), srv.URL+"/blob")
+	if err != nil {
+		t.Fatal(err)
+	}
+	sr := b.(interface {
+		ReadSlices([][]byte, int64, int) ([][]byte, bool, error)
+	})
+	var wg sync.WaitGroup
+	errs := make(chan error, 4)
+	for g := 0; g < 4; g++ {
+		wg.Add(1)
+		go func(g int) {
+			defer wg.Done()
+			step := 54321 + g*999
+			for off := int64(g * 1000); off < int64(len(data)); off += int64(step) {
+				n := min(step, len(data)-int(off))
+				segs, ok, err := sr.ReadSlices(nil, off, n)
+				if !ok || err != nil {
+					errs <- fmt.Errorf("at %d: ok %v err %v", off, ok, err)
+					return
+				}
+				if got := bytes.Join(segs, nil); !bytes.Equal(got, data[off:off+int64(n)]) {
+					errs <- fmt.Errorf("wrong bytes at %d (%d in %d slices)", off, len(got), len(segs))
+					return
+				}
+			}
+		}(g)
+	}
+	wg.Wait()
+	close(errs)
+	for err := range errs {
+		t.Fatal(err)
+	}
+	if _, ok, _ := sr.ReadSlices(nil, int64(len(data))-10, 11); ok {
+		t.Fatal("a range past the end was lent")
+	}
+	// Far from anything kept: a fetch, which fails.
+	b2, err := NewOpener(Options{Chunk: 128 << 10, Retries: -1}).Open(context.Background(), srv.URL+"/blob")
+	if err != nil {
+		t.Fatal(err)
+	}
+	fail.Store(true)
+	segs, ok, err := b2.(interface {
+		ReadSlices([][]byte, int64, int) ([][]byte, bool, error)
+	}).ReadSlices(nil, 1<<20, 1000)
+	if !ok || err == nil {
+		t.Fatalf("failed fetch: ok %v err %v, %d slices", ok, err, len(segs))
+	}
+}
