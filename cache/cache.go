@@ -341,12 +341,7 @@ func (c *Cache) Acquire(reqs []Req) {
 		}
 		c.mu.Unlock()
 	}
-	if hits > 0 {
-		c.hits.Add(hits)
-	}
-	if leads > 0 {
-		c.misses.Add(leads)
-	}
+	c.count(hits, leads)
 }
 
 // settleLocked sorts a key missing from the lookup under the read lock
@@ -436,6 +431,12 @@ func (c *Cache) AcquireOnSecondMiss(reqs []Req) {
 		}
 		c.mu.Unlock()
 	}
+	c.count(hits, misses)
+}
+
+// count adds to the hit and miss counters (skipping zeros: they are
+// shared cache lines).
+func (c *Cache) count(hits, misses uint64) {
 	if hits > 0 {
 		c.hits.Add(hits)
 	}

@@ -60,24 +60,31 @@ func (c *conn) tryInline(r request) (ok bool) {
 		return false
 	}
 	out := c.frameRead(buf, r, n)
-	if obs != nil {
+	c.addPending(reply{b: out, bp: bp, cost: c.readCost(r)}, r, t0, len(out))
+	return true
+}
+
+// addPending adds READ r's reply of size bytes, answered on the reader
+// since t0 (zero without an Observer), to c.pend, queueing c.pend when it
+// is full.
+func (c *conn) addPending(rp reply, r request, t0 time.Time, size int) {
+	if obs := c.srv.cfg.Observer; obs != nil {
 		obs.RequestStart(c.exp.Name, r.typ, r.length)
 		obs.RequestDone(RequestInfo{Export: c.exp.Name, Command: r.typ, Offset: r.offset,
 			Length: r.length, Duration: time.Since(t0)})
 	}
-	c.pend = append(c.pend, reply{b: out, bp: bp, cost: c.readCost(r)})
-	c.pendBytes += len(out)
+	c.pend = append(c.pend, rp)
+	c.pendBytes += size
 	if len(c.pend) >= inlineBatch || c.pendBytes >= inlineBatchBytes {
 		c.flushPending()
 	}
-	return true
 }
 
 // zeroCopyInline queues READ r's zero-copy reply (header, then the file
 // range with sendfile) from the reader goroutine: nothing is read here, so
 // a worker would only add a hand-off (and on a busy machine a thread
-// wake-up per request). False when r is not zero-copy (the worker then
-// reads it, or answers the error).
+// wake-up per request). False when r is not zero-copy: the worker then
+// reads it (it does not try zero-copy again), or answers the error.
 func (c *conn) zeroCopyInline(r request) (ok bool) {
 	if errno, _ := c.checkRange(r); errno != 0 {
 		return false
@@ -98,16 +105,7 @@ func (c *conn) zeroCopyInline(r request) (ok bool) {
 		return false
 	}
 	rp.cost = c.readCost(r)
-	if obs != nil {
-		obs.RequestStart(c.exp.Name, r.typ, r.length)
-		obs.RequestDone(RequestInfo{Export: c.exp.Name, Command: r.typ, Offset: r.offset,
-			Length: r.length, Duration: time.Since(t0)})
-	}
-	c.pend = append(c.pend, rp)
-	c.pendBytes += rp.n + int(rp.fLen)
-	if len(c.pend) >= inlineBatch || c.pendBytes >= inlineBatchBytes {
-		c.flushPending()
-	}
+	c.addPending(rp, r, t0, rp.n+int(rp.fLen))
 	return true
 }
 

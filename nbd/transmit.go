@@ -229,7 +229,9 @@ func (w *worker) handle(r request) {
 }
 
 // read reads the whole range first and then queues header and data as one
-// reply in a pooled buffer that has room for the header in front. handed
+// reply in a pooled buffer that has room for the header in front (READs
+// the device lends go out from its slices; zero-copy was tried on the
+// reader, inline.go). handed
 // reports that the buffer and its budget now belong to the reply queue.
 func (w *worker) read(r request) (errno uint32, handed bool) {
 	c := w.c
@@ -240,9 +242,6 @@ func (w *worker) read(r request) (errno uint32, handed bool) {
 	if r.length > c.srv.cfg.MaxRequest {
 		c.replyStatus(r, EINVAL, "read larger than maximum payload")
 		return EINVAL, false
-	}
-	if r.length >= zeroCopyMin && c.ranger != nil && c.zeroCopy(r) {
-		return 0, false
 	}
 	if r.length >= sliceMin && c.slicer != nil {
 		if errno, ok := c.lent(r); ok {
@@ -268,19 +267,10 @@ func (w *worker) read(r request) (errno uint32, handed bool) {
 // names the file behind it (blockdev.FileRanger); smaller ones are copied.
 const zeroCopyMin = 64 << 10
 
-// zeroCopy queues r's reply as a header followed by a file range sent with
-// sendfile, if the device maps the whole range to one file that still
-// holds it. Otherwise it returns false and the range is read as usual (so
-// a truncated file gets the read path's EIO reply).
-func (c *conn) zeroCopy(r request) bool {
-	rp, ok := c.zeroCopyReply(r)
-	if ok {
-		c.enqueue(&rp)
-	}
-	return ok
-}
-
-// zeroCopyReply is zeroCopy's reply, not yet queued.
+// zeroCopyReply makes READ r's reply as a header followed by a file range
+// sent with sendfile, if the device maps the whole range to one file that
+// still holds it. Otherwise it returns false and the range is read as
+// usual (so a truncated file gets the read path's EIO reply).
 func (c *conn) zeroCopyReply(r request) (reply, bool) {
 	off, n := int64(r.offset), int64(r.length)
 	if n > c.devSize-off {
